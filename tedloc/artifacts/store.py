@@ -1,0 +1,450 @@
+"""The artifact store: a stage's directory of HDF5 shards and the manifest written last.
+
+Layout of one stage directory (e.g. ``<workdir>/pseudo_labels``)::
+
+    manifest.json                      written last: the stage is finished iff it exists
+    shards/part000of001-00000.h5       per-image arrays, stacked, with an ``image_ids`` index
+    shards/part000of001-00001.h5       ...
+    .lock                              held by the one writer (``.lock-part003of008`` when sharded)
+
+Rules (STYLE.md, points 4-6):
+
+* Every HDF5 file carries root attributes ``format``, ``format_version``, ``config_json``,
+  ``config_hash``, ``upstream_hash``, ``tedloc_version`` and ``created``.
+* A shard is written as ``*.tmp`` and ``os.replace``-d into place once closed, so a shard
+  on disk is always complete; resume drops ``*.tmp`` and keeps shards whose hashes match.
+* A finished stage with the same hashes returns at once; different hashes are refused
+  (naming both) unless ``overwrite=True``, which deletes the old results with a warning.
+* Multi-process runs split the ids by a stable hash (``--num-shards N --shard-index i``);
+  the process that finds every id done writes the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from tedloc import __version__
+from tedloc.artifacts.atomic import atomic_h5, remove_stale_tmp, write_json_atomic
+from tedloc.artifacts.lock import StageLock
+from tedloc.errors import ArtifactError, ConfigMismatchError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SHARD_DIR = "shards"
+_SHARD_RE = re.compile(r"^part(\d{3})of(\d{3})-(\d{5})\.h5$")
+#: Arrays at least this large per image are compressed (lzf: fast, always available in h5py).
+_COMPRESS_MIN_BYTES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactHeader:
+    """What identifies an artifact: its format and the hashes of what produced it.
+
+    ``format`` names the kind of artifact (``"tedloc.pseudo_labels"``); ``config_hash`` the
+    stage config's fields that affect outputs; ``upstream_hash`` the artifacts it was
+    computed from ("" for none).
+    """
+
+    format: str
+    format_version: int
+    config: dict[str, Any]
+    config_hash: str
+    upstream_hash: str = ""
+
+    @property
+    def identity(self) -> str:
+        """The combined hash that decides whether existing results can be reused."""
+        return f"{self.config_hash}/{self.upstream_hash}"
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "format_version": self.format_version,
+            "config_json": json.dumps(self.config, sort_keys=True),
+            "config_hash": self.config_hash,
+            "upstream_hash": self.upstream_hash,
+            "tedloc_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def write_header_attrs(handle: h5py.File, header: ArtifactHeader) -> None:
+    for key, value in header.attrs().items():
+        handle.attrs[key] = value
+
+
+def check_format(where: Path, found_format: Any, found_version: Any, expected_format: str,
+                 supported_versions: Sequence[int]) -> None:
+    """Refuse an artifact of another format or an unknown version."""
+    if found_format != expected_format:
+        raise ArtifactError(f"{where}: format is {found_format!r}, expected {expected_format!r}")
+    try:
+        version = int(found_version)
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{where}: format_version {found_version!r} is not a number") from None
+    if version not in supported_versions:
+        raise ArtifactError(
+            f"{where}: {expected_format} format_version {version} is not supported by tedloc "
+            f"{__version__} (supports {', '.join(map(str, supported_versions))})"
+        )
+
+
+def read_manifest(directory: str | Path, expected_format: str,
+                  supported_versions: Sequence[int] = (1,)) -> dict[str, Any]:
+    """Load and validate ``<directory>/manifest.json`` of a finished stage."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; the stage has not finished (run it first)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
+    check_format(path, manifest.get("format"), manifest.get("format_version"),
+                 expected_format, supported_versions)
+    return manifest
+
+
+def write_manifest(directory: str | Path, header: ArtifactHeader, *, files: Sequence[str],
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Write the manifest that marks ``directory`` as finished (atomically, last)."""
+    manifest = {
+        "format": header.format,
+        "format_version": header.format_version,
+        "config": header.config,
+        "config_hash": header.config_hash,
+        "upstream_hash": header.upstream_hash,
+        "tedloc_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "complete": True,
+        "files": list(files),
+        **(extra or {}),
+    }
+    return write_json_atomic(Path(directory) / MANIFEST, manifest)
+
+
+def _mismatch_message(where: Path, found: str, wanted: str) -> str:
+    return (
+        f"{where}: existing results were made with hash {found}, this run has {wanted}; "
+        "pass --overwrite to recompute them (the old results will be deleted), "
+        "or use another --workdir"
+    )
+
+
+def prepare_stage_dir(directory: str | Path, header: ArtifactHeader, *,
+                      supported_versions: Sequence[int] = (1,), overwrite: bool = False) -> bool:
+    """Check what a stage directory holds before (re)running the stage.
+
+    Returns True when a finished artifact with the same identity exists (nothing to do).
+    Raises :class:`ConfigMismatchError` for a finished artifact of another identity, and
+    :class:`ArtifactError` for an unknown format or version, unless ``overwrite``; with
+    ``overwrite`` the old contents are deleted (logged).  Stale ``*.tmp`` files are removed.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for tmp in remove_stale_tmp(directory):
+        log.info("removed unfinished file %s", tmp)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        return False
+    try:
+        manifest = read_manifest(directory, header.format, supported_versions)
+        found = f"{manifest.get('config_hash')}/{manifest.get('upstream_hash')}"
+        if found == header.identity:
+            return True
+        problem: Exception = ConfigMismatchError(_mismatch_message(manifest_path, found, header.identity))
+    except ArtifactError as exc:
+        problem = exc
+    if not overwrite:
+        raise problem
+    log.warning("--overwrite: deleting the previous results in %s (%s)", directory, problem)
+    clear_stage_dir(directory)
+    return False
+
+
+def clear_stage_dir(directory: Path) -> None:
+    """Delete a stage's results (manifest first, so that a kill midway leaves no 'finished')."""
+    (directory / MANIFEST).unlink(missing_ok=True)
+    for child in sorted(directory.iterdir()):
+        if child.name.startswith(".lock"):
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def shard_of(image_id: str, num_shards: int) -> int:
+    """Stable assignment of an id to one of ``num_shards`` processes (independent of order)."""
+    if num_shards == 1:
+        return 0
+    return int(hashlib.sha1(image_id.encode()).hexdigest()[:8], 16) % num_shards
+
+
+class ShardedWriter:
+    """Writes one stage's per-image results as shards; see the module docstring.
+
+    Typical use::
+
+        writer = ShardedWriter(stage_dir, header, num_shards=n, shard_index=i)
+        with writer:
+            if writer.open(overwrite=overwrite):       # True: already finished
+                return writer.manifest_path
+            for batch_ids in chunks(writer.pending(all_ids), 256):
+                writer.write_shard(batch_ids, {"cam": cams, "label": labels})
+            writer.finish(all_ids, extra={...})
+
+    Args:
+        directory: the stage directory.
+        header: identity of the results.
+        num_shards, shard_index: this process's part of a multi-process run.
+        supported_versions: ``format_version`` values this code can resume from.
+    """
+
+    def __init__(self, directory: str | Path, header: ArtifactHeader, *, num_shards: int = 1,
+                 shard_index: int = 0, supported_versions: Sequence[int] = (1,)):
+        if not 0 <= shard_index < num_shards:
+            raise ArtifactError(f"shard index {shard_index} is outside 0..{num_shards - 1}")
+        self.directory = Path(directory)
+        self.header = header
+        self.num_shards = num_shards
+        self.shard_index = shard_index
+        self.supported_versions = tuple(supported_versions)
+        lock_name = ".lock" if num_shards == 1 else f".lock-part{shard_index:03d}of{num_shards:03d}"
+        self.lock = StageLock(self.directory / lock_name)
+        self.complete = False
+        self._done: dict[str, str] = {}  # image id -> shard file name
+        self._skipped: dict[str, str] = {}  # image id -> reason
+        self._next_seq = 0
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.directory / SHARD_DIR
+
+    def __enter__(self) -> ShardedWriter:
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+    def open(self, *, overwrite: bool = False) -> bool:
+        """Validate what is on disk and index finished shards. True if already complete."""
+        self.lock.acquire()
+        self.complete = prepare_stage_dir(self.directory, self.header,
+                                          supported_versions=self.supported_versions,
+                                          overwrite=overwrite)
+        self.shard_dir.mkdir(exist_ok=True)
+        self._scan(overwrite=overwrite)
+        return self.complete
+
+    def _scan(self, *, overwrite: bool) -> None:
+        self._done.clear()
+        self._skipped.clear()
+        for path in sorted(self.shard_dir.glob("*.h5")):
+            match = _SHARD_RE.match(path.name)
+            if match is None:
+                continue
+            try:
+                with h5py.File(path, "r") as handle:
+                    check_format(path, handle.attrs.get("format"), handle.attrs.get("format_version"),
+                                 self.header.format, self.supported_versions)
+                    found = f"{handle.attrs.get('config_hash')}/{handle.attrs.get('upstream_hash')}"
+                    ids = [s.decode() if isinstance(s, bytes) else s for s in handle["image_ids"][()]]
+                    skipped = json.loads(handle.attrs.get("skipped_json", "{}"))
+            except ArtifactError:
+                if not overwrite:
+                    raise
+                found, ids, skipped = None, [], {}
+            except (OSError, KeyError) as exc:
+                # Shards appear atomically, so this is damage from outside (disk, a user).
+                log.warning("%s: unreadable shard (%s); deleting it, its images will be redone", path, exc)
+                path.unlink()
+                continue
+            if found != self.header.identity:
+                if not overwrite:
+                    raise ConfigMismatchError(_mismatch_message(path, str(found), self.header.identity))
+                log.warning("--overwrite: deleting %s (hash %s)", path, found)
+                path.unlink()
+                continue
+            for image_id in ids:
+                self._done[image_id] = path.name
+            self._skipped.update(skipped)
+            part, of, seq = map(int, match.groups())
+            if part == self.shard_index and of == self.num_shards:
+                self._next_seq = max(self._next_seq, seq + 1)
+
+    def done_ids(self) -> set[str]:
+        """Ids finished by any process (written or skipped)."""
+        return set(self._done) | set(self._skipped)
+
+    def pending(self, all_ids: Iterable[str]) -> list[str]:
+        """This process's ids that are not done yet, in the order given."""
+        done = self.done_ids()
+        return [i for i in all_ids
+                if i not in done and shard_of(i, self.num_shards) == self.shard_index]
+
+    def write_shard(self, image_ids: Sequence[str], arrays: dict[str, np.ndarray], *,
+                    skipped: dict[str, str] | None = None,
+                    dataset_attrs: dict[str, dict[str, Any]] | None = None,
+                    attrs: dict[str, Any] | None = None) -> Path:
+        """Write one shard atomically.
+
+        Args:
+            image_ids: N ids, row i of every array belongs to ``image_ids[i]``.
+            arrays: name -> array with leading dimension N (stacked per image).
+            skipped: ids given up on (bad images), id -> reason; recorded, not redone.
+            dataset_attrs: name -> attributes of that dataset (units, shapes, conventions).
+            attrs: extra root attributes.
+        """
+        n = len(image_ids)
+        for name, array in arrays.items():
+            if len(array) != n:
+                raise ValueError(f"array {name!r} has {len(array)} rows for {n} ids")
+        name = f"part{self.shard_index:03d}of{self.num_shards:03d}-{self._next_seq:05d}.h5"
+        path = self.shard_dir / name
+        with atomic_h5(path) as handle:
+            write_header_attrs(handle, self.header)
+            handle.attrs["skipped_json"] = json.dumps(skipped or {}, sort_keys=True)
+            for key, value in (attrs or {}).items():
+                handle.attrs[key] = value
+            handle.create_dataset("image_ids", data=np.array(list(image_ids), dtype=object),
+                                  dtype=h5py.string_dtype())
+            for key, array in arrays.items():
+                array = np.asarray(array)
+                kwargs: dict[str, Any] = {}
+                if n and array.ndim > 1:
+                    kwargs["chunks"] = (1, *array.shape[1:])
+                    if array[0].nbytes >= _COMPRESS_MIN_BYTES:
+                        kwargs["compression"] = "lzf"
+                dset = handle.create_dataset(key, data=array, **kwargs)
+                for akey, avalue in ((dataset_attrs or {}).get(key) or {}).items():
+                    dset.attrs[akey] = avalue
+        self._next_seq += 1
+        for image_id in image_ids:
+            self._done[image_id] = name
+        self._skipped.update(skipped or {})
+        return path
+
+    def finish(self, all_ids: Sequence[str], *, extra: dict[str, Any] | None = None) -> Path | None:
+        """Write the manifest if every id is done (by any process); else return None."""
+        self._scan(overwrite=False)  # see other processes' shards
+        missing = [i for i in all_ids if i not in self.done_ids()]
+        if missing:
+            log.info("%d images still to do by other shards; manifest not written yet", len(missing))
+            return None
+        files = sorted(f"{SHARD_DIR}/{p.name}" for p in self.shard_dir.glob("*.h5")
+                       if _SHARD_RE.match(p.name))
+        wanted = set(all_ids)
+        extra = {"num_images": len(wanted - set(self._skipped)),
+                 "skipped": {k: v for k, v in sorted(self._skipped.items()) if k in wanted},
+                 **(extra or {})}
+        write_manifest(self.directory, self.header, files=files, extra=extra)
+        self.complete = True
+        return self.manifest_path
+
+
+class ShardedReader:
+    """Read access to a finished (or, with ``allow_partial``, unfinished) sharded artifact.
+
+    ``reader.ids`` lists the image ids in shard order; ``reader.read(name, image_id)``
+    returns one image's row; ``reader.read_all(name)`` the stacked array in ``ids`` order.
+    Files are opened read-only and kept open until :meth:`close`.
+    """
+
+    def __init__(self, directory: str | Path, expected_format: str, *,
+                 supported_versions: Sequence[int] = (1,), allow_partial: bool = False):
+        self.directory = Path(directory)
+        self.manifest: dict[str, Any] | None
+        if allow_partial and not (self.directory / MANIFEST).exists():
+            self.manifest = None
+            files = sorted(str(p.relative_to(self.directory))
+                           for p in (self.directory / SHARD_DIR).glob("*.h5"))
+        else:
+            self.manifest = read_manifest(self.directory, expected_format, supported_versions)
+            files = self.manifest["files"]
+        self._handles: list[h5py.File] = []
+        self._index: dict[str, tuple[int, int]] = {}
+        self.ids: list[str] = []
+        self.skipped: dict[str, str] = dict((self.manifest or {}).get("skipped", {}))
+        for file_index, rel in enumerate(files):
+            path = self.directory / rel
+            try:
+                handle = h5py.File(path, "r")
+            except OSError as exc:
+                raise ArtifactError(f"{path}: cannot open shard ({exc})") from None
+            check_format(path, handle.attrs.get("format"), handle.attrs.get("format_version"),
+                         expected_format, supported_versions)
+            self._handles.append(handle)
+            ids = [s.decode() if isinstance(s, bytes) else s for s in handle["image_ids"][()]]
+            for row, image_id in enumerate(ids):
+                self._index[image_id] = (file_index, row)
+                self.ids.append(image_id)
+            if self.manifest is None:
+                self.skipped.update(json.loads(handle.attrs.get("skipped_json", "{}")))
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Root attributes of the first shard (identical across shards)."""
+        return dict(self._handles[0].attrs) if self._handles else {}
+
+    def dataset_names(self) -> list[str]:
+        return [k for k in self._handles[0].keys() if k != "image_ids"] if self._handles else []
+
+    def dataset_attrs(self, name: str) -> dict[str, Any]:
+        return dict(self._handles[0][name].attrs) if self._handles else {}
+
+    def has(self, name: str) -> bool:
+        return bool(self._handles) and name in self._handles[0]
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._index
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read(self, name: str, image_id: str) -> np.ndarray:
+        try:
+            file_index, row = self._index[image_id]
+        except KeyError:
+            raise ArtifactError(f"{self.directory}: no image {image_id!r} in this artifact") from None
+        return self._handles[file_index][name][row]
+
+    def read_many(self, name: str, image_ids: Sequence[str]) -> np.ndarray:
+        return np.stack([self.read(name, i) for i in image_ids]) if image_ids else np.empty((0,))
+
+    def read_all(self, name: str) -> np.ndarray:
+        """Every row of ``name``, in ``self.ids`` order (loads all of it into memory)."""
+        parts = [h[name][()] for h in self._handles if len(h["image_ids"])]
+        return np.concatenate(parts) if parts else np.empty((0,))
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> ShardedReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,205 @@
+"""The ``tedloc`` command line (Typer).  Parses options and calls plain functions.
+
+Stage commands are generated from the stage config dataclasses: one ``--option`` per
+field, with the field's help text, so defaults are defined once (in ``tedloc.configs``).
+Values come from, in increasing priority: the dataclass defaults, the ``--config`` file's
+section for the stage, the command-line options actually given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import functools
+import importlib
+import inspect
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from tedloc.config import field_types, load_config_file
+from tedloc.configs import STAGES
+from tedloc.errors import TedlocError
+
+log = logging.getLogger("tedloc")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="TeD-Loc weakly supervised object localization: a resumable pipeline of cached stages.",
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+stage_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Run one stage of the pipeline.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Dataset tools.")
+app.add_typer(stage_app, name="stage")
+app.add_typer(data_app, name="data")
+
+
+@dataclasses.dataclass
+class GlobalOptions:
+    workdir: Path
+    config_file: Path | None
+    workdir_given: bool
+
+
+def _configure_logging(level: str) -> None:
+    numeric = getattr(logging, level.upper(), None)
+    if not isinstance(numeric, int):
+        raise typer.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
+    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    # Third-party libraries are chatty at INFO; keep their warnings only.
+    for noisy in ("transformers", "datasets", "h5py", "urllib3", "filelock", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    workdir: Optional[Path] = typer.Option(
+        None, "--workdir", "-w", help="Directory of the run's artifacts [default: ./artifacts/<run>]."),
+    run: str = typer.Option("default", "--run", help="Run name, used for the default --workdir."),
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="TOML or JSON file with a table per stage ([train], ...); options override it."),
+) -> None:
+    _configure_logging(log_level)
+    ctx.obj = GlobalOptions(workdir=workdir or Path("artifacts") / run, config_file=config,
+                            workdir_given=workdir is not None or run != "default")
+
+
+def reports_errors(func):
+    """Turn tedloc's errors (and a full disk) into a one-line message and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except TedlocError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                where = exc.filename or "workdir"
+                typer.echo(f"error: {where}: {exc.strerror}", err=True)
+                raise typer.Exit(1) from None
+            raise
+        except KeyboardInterrupt:
+            typer.echo("interrupted; finished work is kept and the next run resumes from it", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _option_type(tp: Any) -> tuple[Any, bool]:
+    """The Typer annotation for a config field type, and whether it is a flag."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    if origin is tuple:
+        inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
+        return Optional[list[inner]], False
+    return Optional[tp], tp is bool
+
+
+def resolve_config(config_cls: type, ctx: typer.Context, section: str, given: dict[str, Any]):
+    """Defaults ← ``--config`` file section ← options given on the command line."""
+    values: dict[str, Any] = {}
+    options: GlobalOptions = ctx.find_root().obj
+    source = "command line"
+    if options.config_file is not None:
+        values.update(load_config_file(options.config_file).get(section, {}))
+        source = f"{options.config_file} [{section}]"
+    values.update({k: v for k, v in given.items() if v is not None})
+    return config_cls.from_dict(values, source=source)
+
+
+def make_stage_command(stage_name: str, config_module: str, stage_module: str):
+    """Build the Typer command of one stage from its config dataclass."""
+    config_cls = importlib.import_module(config_module).Config
+    section = stage_name.replace("-", "_")
+    types_ = field_types(config_cls)
+
+    def command(ctx: typer.Context, overwrite: bool = False, **given: Any) -> None:
+        config = resolve_config(config_cls, ctx, section, given)
+        runner = importlib.import_module(stage_module).run
+        path = runner(config, workdir=ctx.find_root().obj.workdir, overwrite=overwrite)
+        typer.echo(f"{stage_name}: done -> {path}")
+
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, "--overwrite",
+                                               help="Recompute even if results with another config exist (deletes them).")),
+    ]
+    for field in dataclasses.fields(config_cls):
+        annotation, is_flag = _option_type(types_[field.name])
+        flag = "--" + field.name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if is_flag else [flag]
+        default = field.default
+        shown = default if not isinstance(default, tuple) else ", ".join(map(str, default)) or "none"
+        help_text = f"{field.metadata.get('help', '')} [default: {shown}]"
+        params.append(inspect.Parameter(
+            field.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+            default=typer.Option(None, *decls, help=help_text, show_default=False)))
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = (importlib.import_module(config_module).__doc__ or "").strip().split("\n\n")[0]
+    return reports_errors(command)
+
+
+for _name, (_config_module, _stage_module) in STAGES.items():
+    try:
+        stage_app.command(_name)(make_stage_command(_name, _config_module, _stage_module))
+    except ModuleNotFoundError as _exc:  # a stage whose config module does not exist yet
+        if _exc.name != _config_module:
+            raise
+
+
+@app.command("inspect")
+@reports_errors
+def inspect_command(
+    path: Path = typer.Argument(..., help="An HDF5 artifact, a stage directory or a whole workdir."),
+    image: Optional[str] = typer.Option(None, "--image", help="Render this image id's arrays."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG file for --image."),
+) -> None:
+    """Describe artifacts: datasets, shapes, dtypes, attributes, config, progress."""
+    from tedloc.artifacts.inspect import describe, render_image
+
+    if image is not None:
+        if out is None:
+            raise typer.BadParameter("--image needs --out FILE.png", param_hint="--out")
+        written = render_image(path, image, out)
+        typer.echo(f"wrote {written}")
+        return
+    typer.echo(describe(path))
+
+
+@data_app.command("check")
+@reports_errors
+def data_check_command(
+    dataset: str = typer.Argument(..., help="Dataset spec (a folder, 'demo', 'hf:NAME', ...)."),
+    split: list[str] = typer.Option(["train", "test"], "--split", help="Split(s) to check."),
+    decode: bool = typer.Option(True, "--decode/--no-decode", help="Decode every image (slower, finds corrupt files)."),
+) -> None:
+    """Validate a dataset: files, ids, labels, boxes; print counts and every problem."""
+    from tedloc.data.check import check_dataset
+
+    report = check_dataset(dataset, splits=split, decode=decode)
+    typer.echo(report.render())
+    if report.problems:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="tedloc")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
