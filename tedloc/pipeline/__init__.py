@@ -1,0 +1,1 @@
+"""Pure computation: encoders, CAM, decoder, losses, box extraction, metrics (no file I/O)."""

@@ -1,0 +1,73 @@
+"""Boxes from score maps and box IoU, following wsolevaluation (Choe et al., CVPR 2020).
+
+Conventions: boxes are ``x0y0x1y1`` in integer pixel coordinates of the map, both corners
+inclusive, so a box's width is ``x1 - x0 + 1`` (the "+1" convention of the field's code).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)
+
+
+def scoremap_to_uint8(scoremap: np.ndarray) -> np.ndarray:
+    """float map in [0, 1], shape (H, W) -> uint8 (H, W) by truncation, as wsolevaluation."""
+    return (scoremap * 255).astype(np.uint8)
+
+
+def boxes_from_map(scoremap: np.ndarray, threshold: float, *, multi_contour: bool = False,
+                   scoremap_u8: np.ndarray | None = None) -> np.ndarray:
+    """Boxes of the regions of ``scoremap`` above ``threshold`` (relative to its maximum).
+
+    Args:
+        scoremap: float (H, W) in [0, 1].
+        threshold: τ in [0, 1]; pixels with ``uint8(map·255) > int(τ·max)`` are foreground.
+        multi_contour: False: the box of the largest contour (MaxBoxAccV1);
+            True: one box per contour (MaxBoxAccV2).
+        scoremap_u8: the map already converted by :func:`scoremap_to_uint8` (saves work
+            when many thresholds are applied to one map).
+
+    Returns:
+        int64 (K, 4) ``x0y0x1y1`` boxes, clipped to the map; ``[[0, 0, 0, 0]]`` when no
+        pixel is above the threshold.
+    """
+    image = scoremap_to_uint8(scoremap) if scoremap_u8 is None else scoremap_u8
+    height, width = image.shape
+    _, binary = cv2.threshold(image, int(threshold * image.max()), 255, cv2.THRESH_BINARY)
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    if len(contours) == 0:
+        return EMPTY_BOX.copy()
+    if not multi_contour:
+        contours = [max(contours, key=cv2.contourArea)]
+    boxes = []
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
+    return np.asarray(boxes, dtype=np.int64)
+
+
+def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``boxes_a`` (N, 4) with every box in ``boxes_b`` (M, 4) -> (N, M).
+
+    ``x0y0x1y1`` boxes with inclusive corners (areas use ``x1 - x0 + 1``).
+    """
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.maximum(ix1 - ix0 + 1, 0) * np.maximum(iy1 - iy0 + 1, 0)
+    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def rescale_boxes(boxes: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """Rescale ``x0y0x1y1`` boxes from an image of (width, height) ``from_size`` to ``to_size``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    sx = to_size[0] / from_size[0]
+    sy = to_size[1] / from_size[1]
+    return boxes * np.array([sx, sy, sx, sy])

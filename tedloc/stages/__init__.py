@@ -1,0 +1,1 @@
+"""One module per stage, each with ``run(config, *, workdir, overwrite=False) -> Path``."""
