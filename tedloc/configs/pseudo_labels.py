@@ -1,0 +1,92 @@
+"""Compute pseudo-label maps (CAM or CLIP-ES) of the training images with a frozen encoder.
+
+Writes ``<workdir>/pseudo_labels/``: shards with each image's map of its class (``cam``),
+a pseudo box, and optionally the cached encoder grid (``features``, ``features_flip``);
+``cam_classifier.h5`` with the linear classifier on pooled features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tedloc.config import StageConfig, option
+from tedloc.errors import ConfigError
+
+CLIP_ES_BACKGROUNDS = ("ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water",
+                       "river", "sea", "railway", "railroad", "keyboard", "helmet", "cloud", "house",
+                       "mountain", "ocean", "road", "rock", "street", "valley", "bridge", "sign")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(StageConfig):
+    """Configuration of the pseudo-labels stage."""
+
+    # dataset/split enter the hash by content (ids + labels), so moving the data keeps results;
+    # the rest do not change the shards (diagnostic only adds a manifest entry).
+    NOT_HASHED = frozenset({"dataset", "split", "batch_size", "num_workers", "device", "num_shards",
+                            "shard_index", "on_bad_image", "diagnostic"})
+    SECTION = "pseudo_labels"
+
+    dataset: str = option("demo", "Dataset spec ('demo' or a wsolevaluation folder).")
+    split: str = option("train", "Split whose images get pseudo-labels (the training split).")
+    # efficientnet-lite0 | efficientnet-lite2 | clip:<hub id or folder> | open_clip:<m>/<tag> | tiny-cnn
+    encoder: str = option("efficientnet-lite0", "Frozen image encoder spec.")
+    # 0 = the encoder's native size (224 Lite0, 260 Lite2, CLIP's image size, 64 tiny-cnn).
+    input_size: int = option(0, "Square input size S in pixels (0 = the encoder's native size).")
+    # auto = clip-es for CLIP encoders (the paper's module), cam otherwise.
+    method: str = option("auto", "Map method: auto, cam (any encoder) or clip-es (CLIP encoders).")
+    # Relative threshold (of the map's max) for the pseudo box; [ours].
+    box_threshold: float = option(0.3, "Threshold of the map (relative to its max) for pseudo_box.")
+    # Linear classifier of the CAM (L-BFGS on standardized pooled features).
+    classifier_weight_decay: float = option(1e-3, "L2 penalty λ/2‖W‖² of the CAM classifier.")
+    classifier_max_iter: int = option(200, "L-BFGS iterations of the CAM classifier.")
+    classifier_holdout: float = option(0.1, "Share of training images held out to measure classifier accuracy.")
+    classifier_refit_all: bool = option(True, "Refit the classifier on all images after measuring accuracy.")
+    seed: int = option(0, "Seed of the held-out draw.")
+    # CLIP-ES
+    clip_es_prompt: str = option("a clean origami {}.", "CLIP-ES class prompt ('{}' = class name).")
+    clip_es_backgrounds: tuple[str, ...] = option(CLIP_ES_BACKGROUNDS, "CLIP-ES background categories.")
+    clip_es_refine: bool = option(True, "CLIP-ES attention-affinity refinement.")
+    clip_es_attention_layers: int = option(8, "Last layers whose attention forms the CLIP-ES affinity.")
+    clip_es_refine_threshold: float = option(0.4, "CAM level of the patches the affinity propagates from.")
+    # Feature cache for training: auto = on while the estimate fits cache_budget_gb.
+    cache_features: str = option("auto", "Cache the encoder grid per image: auto, on or off.")
+    cache_budget_gb: float = option(50.0, "Largest feature cache 'auto' allows (GB, float16, before compression).")
+    cache_flip_features: bool = option(True, "Also cache the grid of the horizontally flipped image.")
+    shard_size: int = option(256, "Images per shard file.")
+    limit: int = option(0, "Use only the first N images of the split (0 = all), e.g. for smoke runs.")
+    on_bad_image: str = option("fail", "Unreadable image: fail (stop, naming it) or skip (record it in the manifest).")
+    diagnostic: bool = option(True, "Report MaxBoxAccV2 of the maps against GT boxes, if any (diagnostic only).")
+    batch_size: int = option(64, "Images per encoder batch.")
+    num_workers: int = option(2, "Image decoding worker processes (0 = decode in the main process).")
+    device: str = option("auto", "Device: cpu, cuda, cuda:N or auto.")
+    # 0 / -1 = from torchrun's WORLD_SIZE / RANK, else a single process.
+    num_shards: int = option(0, "Processes splitting the images (0 = WORLD_SIZE or 1).")
+    shard_index: int = option(-1, "This process's part, 0..num_shards-1 (-1 = RANK or 0).")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(message: str) -> None:
+            raise ConfigError(f"pseudo_labels: {message}")
+
+        if self.method not in ("auto", "cam", "clip-es"):
+            bad(f"method must be auto, cam or clip-es, got {self.method!r}")
+        if self.cache_features not in ("auto", "on", "off"):
+            bad(f"cache_features must be auto, on or off, got {self.cache_features!r}")
+        if self.on_bad_image not in ("fail", "skip"):
+            bad(f"on_bad_image must be fail or skip, got {self.on_bad_image!r}")
+        if not 0 <= self.box_threshold < 1:
+            bad(f"box_threshold must be in [0, 1), got {self.box_threshold}")
+        if not 0 <= self.classifier_holdout < 1:
+            bad(f"classifier_holdout must be in [0, 1), got {self.classifier_holdout}")
+        if "{}" not in self.clip_es_prompt:
+            bad(f"clip_es_prompt {self.clip_es_prompt!r} has no '{{}}'")
+        for name in ("batch_size", "shard_size", "classifier_max_iter", "clip_es_attention_layers"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.limit < 0 or self.input_size < 0:
+            bad("num_workers, limit and input_size must not be negative")
+        if self.num_shards < 0 or (self.num_shards and not -1 <= self.shard_index < self.num_shards):
+            bad(f"shard_index {self.shard_index} is outside 0..{self.num_shards - 1}")

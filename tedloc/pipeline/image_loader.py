@@ -1,0 +1,161 @@
+"""Batches of decoded, resized images from a dataset, decoded in DataLoader worker processes.
+
+Decoding (JPEG/PNG) and resizing are the CPU-heavy part of running a frozen encoder, so
+they run in ``num_workers`` processes (0 = in the calling process) while the main process
+feeds the accelerator.  Normalization is left to the encoder (:meth:`ImageEncoder.normalize`)
+so that it runs on the device.
+
+A bad image (missing, empty, undecodable) is reported per image in ``ImageBatch.bad``
+rather than raised in a worker, so that the caller decides: ``on_bad_image="fail"`` raises
+the :class:`InputError` naming the file (done here, on receipt of the batch), ``"skip"``
+leaves the id out of ``ids`` and reports it in ``bad``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from tedloc.data.records import Dataset, Record
+from tedloc.errors import InputError, TedlocError
+from tedloc.pipeline.image_encoders import resize_image
+
+ON_BAD_IMAGE = ("fail", "skip")
+
+
+@dataclasses.dataclass
+class ImageBatch:
+    """One batch of B good images (bad ones removed).
+
+    Attributes:
+        ids: B image ids, in the order of the records given to the loader.
+        labels: int64 (B,) class labels.
+        pixels: uint8 tensor (B, S, S, 3), RGB, the whole image resized to S×S.
+        sizes: int32 (B, 2) original (width, height).
+        bad: id -> reason for the images of this batch that could not be read.
+        errors: id -> (path, problem, line) of the same images (to rebuild the InputError).
+    """
+
+    ids: list[str]
+    labels: np.ndarray
+    pixels: torch.Tensor
+    sizes: np.ndarray
+    bad: dict[str, str]
+    errors: dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class _ResizedImages(TorchDataset):
+    """Item i: (i, uint8 (S, S, 3) or None, (width, height), error tuple or None)."""
+
+    def __init__(self, dataset: Dataset, records: Sequence[Record], input_size: int):
+        self.dataset = dataset
+        self.records = list(records)
+        self.input_size = input_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        try:
+            image = self.dataset.load_image(record)
+        except InputError as exc:
+            # Exceptions with custom __init__ do not survive pickling back from a worker.
+            return index, None, (0, 0), (str(exc.path), exc.problem, exc.line)
+        except TedlocError as exc:
+            return index, None, (0, 0), (str(record.path or record.image_id), str(exc), None)
+        height, width = image.shape[:2]
+        return index, resize_image(image, self.input_size), (width, height), None
+
+
+class _Collate:
+    """Runs in the worker: it must not raise tedloc errors (they do not unpickle)."""
+
+    def __init__(self, records: Sequence[Record], input_size: int):
+        self.records = records
+        self.input_size = input_size
+
+    def __call__(self, items) -> ImageBatch:
+        good = [item for item in items if item[1] is not None]
+        bad: dict[str, str] = {}
+        errors: dict[str, tuple] = {}
+        for index, _, _, error in items:
+            if error is None:
+                continue
+            path, problem, line = error
+            where = f"{path}:{line}" if line is not None else path
+            bad[self.records[index].image_id] = f"{where}: {problem}"
+            errors[self.records[index].image_id] = error
+        s = self.input_size
+        pixels = np.stack([item[1] for item in good]) if good else np.zeros((0, s, s, 3), np.uint8)
+        return ImageBatch(
+            ids=[self.records[item[0]].image_id for item in good],
+            labels=np.asarray([self.records[item[0]].label for item in good], dtype=np.int64),
+            pixels=torch.from_numpy(pixels),
+            sizes=np.asarray([item[2] for item in good], dtype=np.int32).reshape(-1, 2),
+            bad=bad,
+            errors=errors,
+        )
+
+
+class ImageLoader:
+    """Iterable of :class:`ImageBatch`; raises the first bad image's InputError when
+    ``on_bad_image == "fail"`` (in the calling process, where the error type survives)."""
+
+    def __init__(self, loader: DataLoader, on_bad_image: str):
+        self.loader = loader
+        self.on_bad_image = on_bad_image
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[ImageBatch]:
+        for batch in self.loader:
+            if batch.errors and self.on_bad_image == "fail":
+                path, problem, line = next(iter(batch.errors.values()))
+                raise InputError(Path(path), problem, line)
+            yield batch
+
+
+def make_image_loader(dataset: Dataset, records: Sequence[Record], *, input_size: int,
+                      batch_size: int, num_workers: int = 2, on_bad_image: str = "fail",
+                      pin_memory: bool | None = None) -> ImageLoader:
+    """A DataLoader (wrapped) of :class:`ImageBatch` over ``records`` (in order, no shuffling).
+
+    Args:
+        dataset: gives the pixels (``dataset.load_image(record)``).
+        records: the images to load, in the order batches should come.
+        input_size: S; every image is resized (whole, no crop) to S×S.
+        batch_size: images per batch (the last one may be smaller, or smaller still after
+            bad images are removed).
+        num_workers: decoding processes; 0 decodes in the calling process.
+        on_bad_image: ``"fail"`` raise the InputError naming the file; ``"skip"`` report it
+            in ``ImageBatch.bad``.
+        pin_memory: page-locked batches for faster host-to-GPU copies (default: when CUDA
+            is available).
+    """
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
+    records = list(records)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    loader = DataLoader(
+        _ResizedImages(dataset, records, input_size),
+        batch_size=max(1, batch_size),
+        shuffle=False,
+        num_workers=max(0, num_workers),
+        collate_fn=_Collate(records, input_size),
+        pin_memory=pin_memory,
+        # Two batches in flight per worker keep the device busy without holding many images.
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
+    return ImageLoader(loader, on_bad_image)

@@ -1,0 +1,116 @@
+"""Frozen image encoders: shapes, frozen weights, preprocessing, and the image loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tedloc.data.wsol import read_wsol
+from tedloc.errors import ConfigError, InputError
+from tedloc.pipeline.image_encoders import (
+    CLIPImageEncoder,
+    build_image_encoder,
+    resize_image,
+)
+from tedloc.pipeline.image_loader import make_image_loader
+from tests.helpers_data import make_wsol_tree, save_tiny_clip
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def _images(n=2, size=(50, 30)):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _assert_frozen(encoder):
+    assert all(not p.requires_grad for p in encoder.parameters())
+    encoder.train()  # a parent's .train() must not unfreeze batch norm / dropout
+    assert not any(m.training for m in encoder.modules())
+
+
+def test_tiny_cnn_grid_and_determinism():
+    a = build_image_encoder("tiny-cnn")
+    b = build_image_encoder("tiny-cnn")
+    assert a.input_size == 64 and a.grid == (16, 16) and a.feature_dim == 32
+    assert a.fingerprint == b.fingerprint
+    _assert_frozen(a)
+    pixels = a.preprocess(_images())
+    assert pixels.shape == (2, 3, 64, 64) and pixels.dtype == torch.float32
+    with torch.inference_mode():
+        out_a, out_b = a(pixels), b(pixels)
+    assert out_a.grid.shape == (2, 16, 16, 32) and out_a.pooled.shape == (2, 32)
+    torch.testing.assert_close(out_a.grid, out_b.grid)  # same seed, same weights
+    torch.testing.assert_close(out_a.pooled, out_a.grid.mean(dim=(1, 2)))
+    assert build_image_encoder("tiny-cnn", input_size=56).grid == (14, 14)
+
+
+def test_efficientnet_lite0_fused_grid():
+    encoder = build_image_encoder("efficientnet-lite0")
+    assert encoder.input_size == 224 and encoder.grid == (14, 14) and encoder.feature_dim == 1280 + 112
+    _assert_frozen(encoder)
+    with torch.inference_mode():
+        out = encoder(encoder.preprocess(_images(1)))
+    assert out.grid.shape == (1, 14, 14, 1392)
+    assert torch.isfinite(out.grid).all()
+    # pooled is the mean of the fused grid: a linear classifier on it equals the CAM's mean
+    torch.testing.assert_close(out.pooled, out.grid.mean(dim=(1, 2)))
+
+
+def test_clip_encoder_matches_clip_image_features(tiny_clip):
+    from transformers import CLIPModel
+
+    encoder = build_image_encoder(f"clip:{tiny_clip}")
+    assert isinstance(encoder, CLIPImageEncoder)
+    assert encoder.grid == (8, 8) and encoder.feature_dim == 24 and encoder.input_size == 64
+    _assert_frozen(encoder)
+    pixels = encoder.preprocess(_images())
+    with torch.inference_mode():
+        out = encoder(pixels)
+        reference = CLIPModel.from_pretrained(tiny_clip).eval().get_image_features(pixel_values=pixels)
+    reference = getattr(reference, "pooler_output", reference)
+    torch.testing.assert_close(out.pooled, reference, rtol=1e-4, atol=1e-5)
+    assert out.grid.shape == (2, 8, 8, 24)
+    # another input size interpolates the position embeddings; grid follows S / patch
+    bigger = build_image_encoder(f"clip:{tiny_clip}", input_size=96)
+    assert bigger.grid == (12, 12)
+
+
+def test_unknown_specs_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown image encoder"):
+        build_image_encoder("resnet-50")
+    with pytest.raises(ConfigError, match="cannot load"):
+        build_image_encoder(f"clip:{tmp_path / 'missing'}")
+    with pytest.raises(ConfigError):
+        build_image_encoder("open_clip:ViT-B-32/laion2b_s34b_b79k")  # not installed here
+
+
+def test_resize_keeps_whole_image():
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, 30:] = 255  # right quarter white
+    out = resize_image(image, 16)
+    assert out.shape == (16, 16, 3)
+    assert out[:, 13:].min() > 200 and out[:, :11].max() == 0  # no crop: still the right quarter
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_loader_batches_and_bad_images(tmp_path, workers):
+    root = make_wsol_tree(tmp_path, splits={"train": 5})
+    (root / "images/train/0003.png").write_bytes(b"not a png")
+    dataset = read_wsol(root, "train")
+    loader = make_image_loader(dataset, dataset.records, input_size=32, batch_size=2,
+                               num_workers=workers, on_bad_image="skip")
+    batches = list(loader)
+    ids = [i for b in batches for i in b.ids]
+    assert ids == [r.image_id for r in dataset.records if not r.image_id.endswith("0003.png")]
+    assert batches[0].pixels.shape == (2, 32, 32, 3) and batches[0].pixels.dtype == torch.uint8
+    assert batches[0].sizes.tolist() == [[48, 40], [48, 40]]
+    assert list(batches[1].bad) == ["images/train/0003.png"]
+    failing = make_image_loader(dataset, dataset.records, input_size=32, batch_size=2,
+                                num_workers=workers, on_bad_image="fail")
+    with pytest.raises(InputError, match="0003.png.*cannot decode"):
+        list(failing)

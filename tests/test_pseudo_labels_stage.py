@@ -1,0 +1,157 @@
+"""The pseudo-labels stage: artifact contents, resume after interruption, two processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tedloc.artifacts.pseudo_labels import CLASSIFIER_FILE, open_pseudo_labels, read_classifier
+from tedloc.configs.pseudo_labels import Config
+from tedloc.errors import ConfigMismatchError
+from tedloc.stages import pseudo_labels as stage
+from tests.helpers_data import make_wsol_tree, save_tiny_clip
+
+
+def _config(root: Path, **kw) -> Config:
+    values = dict(dataset=str(root), encoder="tiny-cnn", input_size=32, num_workers=0, device="cpu",
+                  batch_size=4, shard_size=8)
+    values.update(kw)
+    return Config(**values)
+
+
+def _arrays(workdir: Path) -> dict[str, dict[str, np.ndarray]]:
+    with open_pseudo_labels(workdir) as art:
+        return {name: dict(zip(art.ids, art.read_all(name), strict=True))
+                for name in ("cam", "pseudo_box", "label", "image_size", "features", "features_flip")}
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return make_wsol_tree(tmp_path, splits={"train": 20}, num_classes=2, size=(40, 32))
+
+
+def test_artifact_contents(data, tmp_path):
+    manifest_path = stage.run(_config(data), workdir=tmp_path / "w")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["complete"] and manifest["num_images"] == 20
+    assert manifest["method"] == "cam" and manifest["grid"] == [8, 8] and manifest["feature_dim"] == 32
+    assert manifest["has_features"] and manifest["has_flip_features"]
+    assert manifest["diagnostic"]["num_images"] == 20 and "diagnostic" in manifest["diagnostic"]["note"]
+    assert 0 <= manifest["classifier_accuracy"] <= 1
+    with open_pseudo_labels(tmp_path / "w") as art:
+        assert len(art) == 20 and art.grid == (8, 8) and art.has_features
+        cam = art.read_all("cam")
+        assert cam.dtype == np.float16 and cam.shape == (20, 8, 8)
+        assert cam.min() >= 0 and cam.max() <= 1
+        assert art.read_all("features").shape == (20, 8, 8, 32)
+        assert art.read_all("pseudo_box").dtype == np.float32
+        assert art.read_all("image_size")[0].tolist() == [40, 32]
+        clf = art.classifier()
+        assert clf.weight.shape == (2, 32) and clf.bias.shape == (2,)
+    # rerun: up to date, nothing recomputed
+    stage.AFTER_BATCH_HOOK = _fail_hook
+    try:
+        assert stage.run(_config(data), workdir=tmp_path / "w") == manifest_path
+    finally:
+        stage.AFTER_BATCH_HOOK = None
+    with pytest.raises(ConfigMismatchError):
+        stage.run(_config(data, box_threshold=0.6), workdir=tmp_path / "w")
+
+
+def _fail_hook(done: int) -> None:
+    raise AssertionError("nothing should be computed")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_computes_only_the_rest(data, tmp_path):
+    reference = stage.run(_config(data), workdir=tmp_path / "ref")
+    counts: list[int] = []
+
+    def interrupt_after_12(done: int) -> None:
+        counts.append(done)
+        if done >= 12:
+            raise _Interrupt
+
+    stage.AFTER_BATCH_HOOK = interrupt_after_12
+    try:
+        with pytest.raises(_Interrupt):
+            stage.run(_config(data), workdir=tmp_path / "w")
+        classifier_before = (tmp_path / "w/pseudo_labels" / CLASSIFIER_FILE).read_bytes()
+        assert not (tmp_path / "w/pseudo_labels/manifest.json").exists()
+        counts.clear()
+        stage.AFTER_BATCH_HOOK = counts.append
+        stage.run(_config(data), workdir=tmp_path / "w")
+    finally:
+        stage.AFTER_BATCH_HOOK = None
+    # one shard of 8 images survived the interruption: only the other 12 were computed
+    assert counts[-1] == 12
+    assert (tmp_path / "w/pseudo_labels" / CLASSIFIER_FILE).read_bytes() == classifier_before
+    got, want = _arrays(tmp_path / "w"), _arrays(reference.parent.parent)
+    for name in want:
+        assert got[name].keys() == want[name].keys()
+        for image_id in want[name]:
+            np.testing.assert_array_equal(got[name][image_id], want[name][image_id])
+
+
+def _run_part(root: str, workdir: str, index: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    stage.run(_config(Path(root), num_shards=2, shard_index=index), workdir=Path(workdir))
+
+
+def test_two_processes_make_one_artifact(data, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_run_part, args=(str(data), str(tmp_path / "w"), i)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    manifest = json.loads((tmp_path / "w/pseudo_labels/manifest.json").read_text())
+    assert manifest["complete"] and manifest["num_images"] == 20
+    names = {Path(f).name[:13] for f in manifest["files"]}
+    assert names == {"part000of002-", "part001of002-"}
+    single = stage.run(_config(data), workdir=tmp_path / "single")
+    got, want = _arrays(tmp_path / "w"), _arrays(single.parent.parent)
+    for image_id, value in want["cam"].items():
+        np.testing.assert_array_equal(got["cam"][image_id], value)
+
+
+def test_bad_image_skipped_and_limit(data, tmp_path):
+    (data / "images/train/0002.png").write_bytes(b"")
+    manifest = json.loads(stage.run(_config(data, on_bad_image="skip", limit=10),
+                                    workdir=tmp_path / "w").read_text())
+    assert list(manifest["skipped"]) == ["images/train/0002.png"]
+    assert manifest["num_images"] == 9
+    with open_pseudo_labels(tmp_path / "w") as art:
+        assert len(art) == 9 and "images/train/0002.png" not in art
+
+
+def test_clip_es_stage_on_tiny_clip(data, tmp_path):
+    folder = save_tiny_clip(tmp_path / "clip")
+    config = _config(data, encoder=f"clip:{folder}", input_size=0, limit=6, cache_features="off",
+                     clip_es_attention_layers=2)
+    manifest = json.loads(stage.run(config, workdir=tmp_path / "w").read_text())
+    assert manifest["method"] == "clip-es" and manifest["grid"] == [8, 8] and not manifest["has_features"]
+    assert read_classifier(tmp_path / "w").weight.shape == (2, 24)
+    with h5py.File(tmp_path / "w/pseudo_labels" / manifest["files"][0]) as handle:
+        assert "features" not in handle and handle["cam"].shape[1:] == (8, 8)
+
+
+def test_inspect_renders_a_map_overlay(data, tmp_path):
+    inspect = pytest.importorskip("tedloc.artifacts.inspect")
+    stage.run(_config(data, limit=4), workdir=tmp_path / "w")
+    out = inspect.render_image(tmp_path / "w/pseudo_labels", "images/train/0001.png", tmp_path / "o.png")
+    import cv2
+
+    image = cv2.imread(str(out))
+    assert image is not None and image.size > 0
