@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        # No process has such an id; and os.kill(-1 or 0, ...) would signal a whole group.
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

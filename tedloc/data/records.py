@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from tedloc.config import hash_json
+from tedloc.errors import InputError
+
+
+class Where(NamedTuple):
+    """A place in an index file: the file and the 1-based line (None: the whole file)."""
+
+    file: str
+    line: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,13 +26,18 @@ class Record:
 
     Attributes:
         image_id: unique id within the split (wsolevaluation: the relative image path).
-        path: absolute path of the image file (None for images held in memory, e.g. HF).
+        path: absolute path of the image file, or None for images held in memory (Hugging
+            Face datasets); those are fetched with ``Dataset.load_image`` via ``row``.
         label: class index in ``[0, num_classes)``.
         boxes: float32 array (K, 4), ``x0y0x1y1`` in pixels of the original image,
             inclusive pixel convention as in wsolevaluation; K may be 0.
-        mask_path: path of a foreground mask (nonzero = object), or None.
+        mask_path: path of a foreground mask (nonzero = object), or None; the first of
+            ``mask_paths``.
         ignore_path: path of an ignore mask (nonzero = not scored), or None.
         size: (width, height) of the original image when the index states it, else None.
+        mask_paths: every foreground mask of the image (wsolevaluation allows several
+            lines per image; the object region is their union, see ``Dataset.load_mask``).
+        row: index of the image in the reader's in-memory store (None for files).
     """
 
     image_id: str
@@ -33,6 +47,8 @@ class Record:
     mask_path: Path | None = None
     ignore_path: Path | None = None
     size: tuple[int, int] | None = None
+    mask_paths: tuple[Path, ...] = ()
+    row: int | None = None
 
 
 @dataclasses.dataclass
@@ -40,13 +56,21 @@ class Dataset:
     """A split: its records and class names (index = label).
 
     ``spec`` is the string the dataset was opened from; ``load_image(record)`` returns the
-    record's pixels (uint8 RGB (H, W, 3)) whichever storage the reader uses.
+    record's pixels (uint8 RGB (H, W, 3)) whichever storage the reader uses: a file
+    (``record.path``) or, for readers that hold images in memory, ``image_source(record)``.
     """
 
     spec: str
     split: str
     class_names: list[str]
     records: list[Record]
+    #: Decodes a record without a file (``record.path is None``); set by in-memory readers.
+    #: Must be picklable (data-loader workers receive the dataset).
+    image_source: Callable[[Record], np.ndarray] | None = None
+    #: Where each image was listed (image id -> file, line), for messages about it.
+    image_where: dict[str, Where] = dataclasses.field(default_factory=dict, repr=False)
+    #: Where each of an image's boxes was read (image id -> one Where per row of boxes).
+    box_where: dict[str, list[Where]] = dataclasses.field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -78,8 +102,29 @@ class Dataset:
         from tedloc.data.images import load_rgb
 
         if record.path is None:
-            raise NotImplementedError("this dataset holds images in memory; its reader overrides load_image")
+            if self.image_source is None:
+                raise InputError(self.spec, f"image {record.image_id!r} has neither a file nor an in-memory source")
+            return self.image_source(record)
         return load_rgb(record.path)
+
+    def load_mask(self, record: Record) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(foreground, ignore) bool masks (H, W) of ``record``, each None when absent.
+
+        The foreground is the union of all ``record.mask_paths`` (nonzero pixels); the
+        ignore mask marks pixels left out of scoring (wsolevaluation's OpenImages protocol).
+        """
+        from tedloc.data.images import load_gray
+
+        paths = record.mask_paths or ((record.mask_path,) if record.mask_path else ())
+        foreground = None
+        for path in paths:
+            mask = load_gray(path) > 0
+            if foreground is not None and mask.shape != foreground.shape:
+                raise InputError(path, f"mask size {mask.shape[::-1]} differs from the image's other "
+                                       f"masks {foreground.shape[::-1]}")
+            foreground = mask if foreground is None else foreground | mask
+        ignore = load_gray(record.ignore_path) > 0 if record.ignore_path else None
+        return foreground, ignore
 
     def subset(self, image_ids: Sequence[str]) -> Dataset:
         index = self.by_id()
@@ -89,3 +134,39 @@ class Dataset:
 def boxes_array(boxes: Sequence[Sequence[float]]) -> np.ndarray:
     """float32 (K, 4) from a list of ``x0y0x1y1`` boxes."""
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+
+
+class Problem(NamedTuple):
+    """One problem found in a dataset: the file, the 1-based line (None if not on a line)
+    and what is wrong."""
+
+    file: str
+    line: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.problem}"
+
+
+class Problems:
+    """Where readers report bad input.
+
+    Strict (the default, ``collect=False``): the first problem raises :class:`InputError`
+    (one line naming file and line).  Collecting (``collect=True``, used by ``tedloc data
+    check``): every problem is recorded in ``items`` and the reader skips the bad entry and
+    goes on, so that one run lists all of them.
+    """
+
+    def __init__(self, collect: bool = False):
+        self.collect = collect
+        self.items: list[Problem] = []
+
+    def report(self, path: str | Path, problem: str, line: int | None = None) -> None:
+        if not self.collect:
+            raise InputError(path, problem, line)
+        self.items.append(Problem(str(path), line, problem))
+
+
+def strict_if_none(problems: Problems | None) -> Problems:
+    return problems if problems is not None else Problems(collect=False)

@@ -6,10 +6,13 @@ Layout::
     <root>/metadata/<split>/class_labels.txt   id,label
     <root>/metadata/<split>/image_sizes.txt    id,width,height           (optional)
     <root>/metadata/<split>/localization.txt   id,x0,y0,x1,y1  (one line per box)
-                                               or id,mask_path,ignore_path (masks)
+                                               or id,mask_path,ignore_path (one line per mask)
     <root>/metadata/class_names.txt            one name per line, label order (optional)
 
-Image ids are paths relative to ``<root>`` (or to ``image_root`` when given).
+Image ids are paths relative to ``<root>`` (or to ``image_root`` when given); mask paths
+too.  Boxes are ``x0y0x1y1`` pixels, inclusive corners, as wsolevaluation stores them.
+An image may have several box lines, or several mask lines (their union is the object);
+the ignore path, where given, is the same on each of an image's mask lines.
 """
 
 from __future__ import annotations
@@ -19,101 +22,137 @@ from pathlib import Path
 
 import numpy as np
 
-from tedloc.data.records import Dataset, Record
-from tedloc.errors import InputError
-
-
-def _lines(path: Path) -> list[tuple[int, str]]:
-    """(1-based line number, stripped text) of non-blank lines; CRLF tolerated."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(path, f"not UTF-8 text ({exc.reason})") from None
-    return [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1) if s.strip()]
+from tedloc.data.records import Dataset, Problems, Record, Where, strict_if_none
+from tedloc.data.textfiles import read_lines, split_fields
 
 
 def read_wsol(root: str | Path, split: str, *, metadata: str | Path | None = None,
-              image_root: str | Path | None = None) -> Dataset:
-    """Open ``split`` of a wsolevaluation-style dataset rooted at ``root``."""
+              image_root: str | Path | None = None, problems: Problems | None = None) -> Dataset:
+    """Open ``split`` of a wsolevaluation-style dataset rooted at ``root``.
+
+    With a collecting ``problems`` every bad line is recorded and skipped; by default the
+    first one raises :class:`~tedloc.errors.InputError`.
+    """
+    problems = strict_if_none(problems)
     root = Path(root).resolve()
     meta = Path(metadata) if metadata else root / "metadata"
     image_root = Path(image_root).resolve() if image_root else root
     split_dir = meta / split
     if not split_dir.is_dir():
-        raise InputError(split_dir, f"split {split!r} not found (expected metadata/{split}/image_ids.txt)")
+        available = sorted(p.name for p in meta.iterdir() if p.is_dir()) if meta.is_dir() else []
+        problems.report(split_dir, f"split {split!r} not found (expected metadata/{split}/image_ids.txt; "
+                                   f"splits here: {', '.join(available) or 'none'})")
+        return Dataset(spec=str(root), split=split, class_names=[], records=[])
 
     ids_file = split_dir / "image_ids.txt"
     ids: list[str] = []
     seen: dict[str, int] = {}
-    for line_no, text in _lines(ids_file):
+    for line_no, text in read_lines(ids_file, problems):
         if text in seen:
-            raise InputError(ids_file, f"duplicate image id {text!r} (first on line {seen[text]})", line_no)
+            problems.report(ids_file, f"duplicate image id {text!r} (first on line {seen[text]})", line_no)
+            continue
         seen[text] = line_no
         ids.append(text)
 
     labels_file = split_dir / "class_labels.txt"
-    labels: dict[str, int] = {}
-    for line_no, text in _lines(labels_file):
-        parts = [p.strip() for p in text.split(",")]
+    labels: dict[str, tuple[int, int]] = {}  # id -> (label, line)
+    for line_no, text in read_lines(labels_file, problems):
+        parts = split_fields(text)
         if len(parts) != 2:
-            raise InputError(labels_file, f"expected 'id,label', got {text!r}", line_no)
+            problems.report(labels_file, f"expected 'id,label', got {text!r}", line_no)
+            continue
+        if parts[0] in labels:
+            problems.report(labels_file, f"duplicate label line for {parts[0]!r} "
+                                         f"(first on line {labels[parts[0]][1]})", line_no)
+            continue
         try:
-            labels[parts[0]] = int(parts[1])
+            labels[parts[0]] = (int(parts[1]), line_no)
         except ValueError:
-            raise InputError(labels_file, f"label {parts[1]!r} is not an integer", line_no) from None
+            problems.report(labels_file, f"label {parts[1]!r} is not an integer", line_no)
+    for image_id, (_, line_no) in labels.items():
+        if image_id not in seen:
+            problems.report(labels_file, f"image id {image_id!r} is not in {ids_file.name}", line_no)
 
     sizes: dict[str, tuple[int, int]] = {}
     sizes_file = split_dir / "image_sizes.txt"
-    if sizes_file.exists():
-        for line_no, text in _lines(sizes_file):
-            parts = [p.strip() for p in text.split(",")]
-            try:
-                sizes[parts[0]] = (int(parts[1]), int(parts[2]))
-            except (IndexError, ValueError):
-                raise InputError(sizes_file, f"expected 'id,width,height', got {text!r}", line_no) from None
+    for line_no, text in read_lines(sizes_file, problems, optional=True):
+        parts = split_fields(text)
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            size = (int(parts[1]), int(parts[2]))
+            if min(size) <= 0:
+                raise ValueError
+        except ValueError:
+            problems.report(sizes_file, f"expected 'id,width,height' with positive integers, got {text!r}",
+                            line_no)
+            continue
+        if parts[0] not in seen:
+            problems.report(sizes_file, f"image id {parts[0]!r} is not in {ids_file.name}", line_no)
+        sizes[parts[0]] = size
 
     boxes: dict[str, list[list[float]]] = defaultdict(list)
-    masks: dict[str, tuple[Path, Path | None]] = {}
+    box_lines: dict[str, list[int]] = defaultdict(list)
+    masks: dict[str, list[Path]] = defaultdict(list)
+    ignores: dict[str, Path | None] = {}
     loc_file = split_dir / "localization.txt"
-    if loc_file.exists():
-        for line_no, text in _lines(loc_file):
-            parts = [p.strip() for p in text.split(",")]
-            if len(parts) == 5:
-                try:
-                    boxes[parts[0]].append([float(v) for v in parts[1:]])
-                except ValueError:
-                    raise InputError(loc_file, f"box values must be numbers: {text!r}", line_no) from None
-            elif len(parts) in (2, 3):
-                ignore = image_root / parts[2] if len(parts) == 3 and parts[2] else None
-                masks[parts[0]] = (image_root / parts[1], ignore)
-            else:
-                raise InputError(loc_file, f"expected 'id,x0,y0,x1,y1' or 'id,mask,ignore', got {text!r}", line_no)
+    for line_no, text in read_lines(loc_file, problems, optional=True):
+        parts = split_fields(text)
+        if parts[0] not in seen:
+            problems.report(loc_file, f"image id {parts[0]!r} is not in {ids_file.name}", line_no)
+            continue
+        if len(parts) == 5:
+            try:
+                box = [float(v) for v in parts[1:]]
+            except ValueError:
+                problems.report(loc_file, f"box values must be numbers: {text!r}", line_no)
+                continue
+            if not np.all(np.isfinite(box)):
+                problems.report(loc_file, f"box values must be finite: {text!r}", line_no)
+                continue
+            if box[2] < box[0] or box[3] < box[1]:
+                problems.report(loc_file, f"inverted box {box} (need x0 <= x1 and y0 <= y1)", line_no)
+                continue
+            boxes[parts[0]].append(box)
+            box_lines[parts[0]].append(line_no)
+        elif len(parts) in (2, 3) and parts[1]:
+            masks[parts[0]].append(image_root / parts[1])
+            ignore = image_root / parts[2] if len(parts) == 3 and parts[2] else None
+            ignores[parts[0]] = ignores.get(parts[0]) or ignore
+        else:
+            problems.report(loc_file, f"expected 'id,x0,y0,x1,y1' or 'id,mask,ignore', got {text!r}", line_no)
 
     names_file = meta / "class_names.txt"
     if names_file.exists():
-        class_names = [text for _, text in _lines(names_file)]
+        class_names = [text for _, text in read_lines(names_file, problems)]
     else:
-        num = max(labels.values(), default=-1) + 1
+        num = max((label for label, _ in labels.values()), default=-1) + 1
         class_names = [f"class_{i}" for i in range(num)]
 
     records = []
     for image_id in ids:
         if image_id not in labels:
-            raise InputError(labels_file, f"no label for image id {image_id!r}")
-        label = labels[image_id]
+            problems.report(ids_file, f"image id {image_id!r} has no line in {labels_file.name}",
+                            seen[image_id])
+            continue
+        label, label_line = labels[image_id]
         if not 0 <= label < len(class_names):
-            raise InputError(labels_file, f"label {label} of {image_id!r} is outside 0..{len(class_names) - 1}",
-                             seen.get(image_id))
-        mask_path, ignore_path = masks.get(image_id, (None, None))
+            problems.report(labels_file, f"label {label} of {image_id!r} is outside 0..{len(class_names) - 1}",
+                            label_line)
+            continue
+        mask_paths = tuple(masks.get(image_id, ()))
         records.append(Record(
             image_id=image_id,
             path=image_root / image_id,
             label=label,
             boxes=np.asarray(boxes.get(image_id, []), dtype=np.float32).reshape(-1, 4),
-            mask_path=mask_path,
-            ignore_path=ignore_path,
+            mask_path=mask_paths[0] if mask_paths else None,
+            ignore_path=ignores.get(image_id),
             size=sizes.get(image_id),
+            mask_paths=mask_paths,
         ))
-    return Dataset(spec=str(root), split=split, class_names=class_names, records=records)
+    return Dataset(
+        spec=str(root), split=split, class_names=class_names, records=records,
+        image_where={i: Where(str(ids_file), line) for i, line in seen.items()},
+        box_where={i: [Where(str(loc_file), line) for line in lines] for i, lines in box_lines.items()},
+    )
