@@ -1,0 +1,100 @@
+"""Evaluate the trained localizer on a labelled split with the field's metrics (wsolevaluation).
+
+Writes ``<workdir>/evaluate/``: shards of the 224×224 maps (TeD-Loc and the CAM baseline),
+``results.json`` / ``results.md`` (MaxBoxAccV1/V2, PxAP, Top-1/Top-5/GT-known Loc at the
+stored and the oracle threshold, Top-1/Top-5 Cls; overall and per class),
+``predictions.jsonl``, ``overlays/*.png`` and ``boxacc_curve.png``.
+
+Every evaluation convention is a field below; the defaults are wsolevaluation's (Choe et
+al., CVPR 2020), so that numbers are comparable with published ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tedloc.config import StageConfig, option
+from tedloc.errors import ConfigError
+
+ON_BAD_IMAGE = ("fail", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(StageConfig):
+    """Configuration of the evaluate stage."""
+
+    # The dataset enters the identity by content (ids, labels, boxes, masks: see
+    # stages/evaluate.py), so moving its folder keeps the results.  The rest do not change
+    # any number.
+    NOT_HASHED = frozenset({"dataset", "batch_size", "num_workers", "device", "shard_size",
+                            "num_overlays", "export_scoremaps"})
+    SECTION = "evaluate"
+
+    # --- what is evaluated -------------------------------------------------------------
+    # '' = the dataset recorded in the pseudo-labels manifest (the one trained on).
+    dataset: str = option("", "Dataset spec ('demo' or a folder); '' = the one in the pseudo-labels manifest.")
+    # The split scored; wsolevaluation's 'test' is the held-out one.
+    split: str = option("test", "Split to evaluate.")
+    # Checkpoint file inside <workdir>/train/ (model.pt is the final model).
+    checkpoint: str = option("model.pt", "Checkpoint file name inside <workdir>/train/.")
+    # 0 = every image of the split; N = the first N in index order (smoke runs).
+    limit: int = option(0, "Evaluate only the first N images of the split (0 = all).")
+    # fail: stop at the first unreadable image, naming it; skip: record it and go on.
+    on_bad_image: str = option("fail", "What to do with an unreadable image: fail or skip.")
+    # Adds the CAM of the pseudo-label classifier for the GT class as a labelled baseline.
+    baseline: bool = option(True, "Also evaluate the CAM baseline (GT-known map of the pseudo-label classifier).")
+    # The CAM baseline has no threshold of its own; None = the pseudo-label box threshold.
+    baseline_threshold: float | None = option(
+        None, "Non-oracle threshold of the CAM baseline (default: the pseudo-labels' box threshold, else 0.5).")
+
+    # --- wsolevaluation conventions --------------------------------------------------
+    # Maps and boxes are compared at eval_size×eval_size; GT boxes are rescaled to it.
+    eval_size: int = option(224, "Side of the square on which maps and boxes are compared (wsolevaluation: 224).")
+    # Threshold grid τ = 0, i, 2i, ... < 1 (cam_curve_interval; 0.01 gives 0 .. 0.99).
+    cam_curve_interval: float = option(0.01, "Step of the map-threshold grid (wsolevaluation: 0.01).")
+    # IoU thresholds δ (percent) averaged by MaxBoxAccV2.
+    iou_thresholds: tuple[int, ...] = option((30, 50, 70), "IoU thresholds (%) averaged by MaxBoxAccV2.")
+    # MaxBoxAccV1 is at one δ with the largest contour.
+    v1_iou: int = option(50, "IoU threshold (%) of MaxBoxAccV1 (largest contour).")
+    # δ of Top-1 / Top-5 / GT-known Loc.
+    loc_iou: int = option(50, "IoU threshold (%) of Top-1, Top-5 and GT-known Loc.")
+    # Loc metrics with the largest contour (the classic single box) or every contour.
+    loc_multi_contour: bool = option(False, "Top-1/Top-5/GT-known Loc use every contour instead of the largest.")
+    # Min-max normalize each upsampled map (wsolevaluation's normalize_scoremap).
+    normalize_maps: bool = option(True, "Min-max normalize each map after bicubic upsampling (constant -> zeros).")
+
+    # --- outputs -----------------------------------------------------------------------
+    # Overlays (map, predicted box green, GT box red) of a sample spread over the split.
+    num_overlays: int = option(16, "Number of overlay PNGs written to evaluate/overlays/.")
+    # One float .npy per image id under evaluate/scoremaps/ (wsolevaluation's layout).
+    export_scoremaps: bool = option(False, "Also write each map as scoremaps/<image id>.npy (wsolevaluation layout).")
+
+    # --- resources (no effect on the numbers) -----------------------------------------
+    batch_size: int = option(32, "Images per forward pass.")
+    num_workers: int = option(2, "Image-decoding worker processes (0 = in the main process).")
+    shard_size: int = option(256, "Images per result shard (the unit of resume).")
+    # cpu | cuda | cuda:N | auto
+    device: str = option("auto", "Device: cpu, cuda, cuda:N or auto.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.on_bad_image not in ON_BAD_IMAGE:
+            raise ConfigError(f"evaluate: on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
+                              f"got {self.on_bad_image!r}")
+        if not 0 < self.cam_curve_interval < 1:
+            raise ConfigError(f"evaluate: cam_curve_interval must be in (0, 1), got {self.cam_curve_interval}")
+        if not self.iou_thresholds or any(not 0 < d <= 100 for d in self.iou_thresholds):
+            raise ConfigError(f"evaluate: iou_thresholds must be percentages in (0, 100], got {self.iou_thresholds}")
+        for name in ("v1_iou", "loc_iou"):
+            if not 0 < getattr(self, name) <= 100:
+                raise ConfigError(f"evaluate: {name} must be a percentage in (0, 100]")
+        if self.baseline_threshold is not None and not 0 <= self.baseline_threshold < 1:
+            raise ConfigError(f"evaluate: baseline_threshold must be in [0, 1), got {self.baseline_threshold}")
+        for name in ("eval_size", "batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evaluate: {name} must be at least 1")
+        for name in ("limit", "num_workers", "num_overlays"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"evaluate: {name} must not be negative")

@@ -1,0 +1,603 @@
+"""Evaluate stage: the trained localizer (and a CAM baseline) scored on a labelled split.
+
+Two phases, so that the expensive one is resumable and the cheap one reproducible:
+
+1. **Maps** (resumable shards, ``tedloc.evaluate``): for each image, the localizer's class
+   logits and map, and the CAM baseline's logits and GT-class map, upsampled to the
+   evaluation size and min–max normalized (wsolevaluation), stored as float16.
+2. **Report**, always recomputed from the shards (seconds for thousands of images): the
+   metrics of :mod:`tedloc.pipeline.metrics`, ``results.json`` / ``results.md``,
+   ``predictions.jsonl``, overlays, the BoxAcc curve and optional score-map exports.
+
+Identity: ``config_hash`` of the evaluate config; ``upstream_hash`` = hash of the train
+artifact's identity and of the split's content (ids, labels, boxes, masks), so a changed
+model or dataset is never mixed with old maps.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from tedloc.artifacts import evaluate as files
+from tedloc.artifacts.store import ArtifactHeader, ShardedReader, ShardedWriter, read_manifest
+from tedloc.config import hash_json
+from tedloc.configs.evaluate import Config
+from tedloc.data.records import Dataset, Record
+from tedloc.errors import ArtifactError, ConfigError, InputError
+from tedloc.pipeline import metrics, render
+from tedloc.pipeline.boxes import rescale_boxes
+
+log = logging.getLogger(__name__)
+
+TRAIN_FORMAT = "tedloc.train"
+PSEUDO_FORMAT = "tedloc.pseudo_labels"
+METHOD_LABELS = {
+    "tedloc": "TeD-Loc (class-agnostic map)",
+    "cam_baseline": "CAM baseline (GT-known map)",
+}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def dataset_content_hash(dataset: Dataset, records: Sequence[Record]) -> str:
+    """Hash of what the metrics read from the split: ids, labels, boxes, mask file names."""
+    return hash_json({
+        "classes": dataset.class_names,
+        "items": [[r.image_id, r.label, np.asarray(r.boxes, np.float64).round(3).tolist(),
+                   sorted(p.name for p in (r.mask_paths or ((r.mask_path,) if r.mask_path else ()))),
+                   r.ignore_path.name if r.ignore_path else None] for r in records],
+    })
+
+
+def _train_identity(workdir: Path) -> tuple[dict[str, Any], str]:
+    manifest = read_manifest(workdir / "train", TRAIN_FORMAT)
+    return manifest, f"{manifest.get('config_hash')}/{manifest.get('upstream_hash')}"
+
+
+def _pseudo_manifest(workdir: Path) -> dict[str, Any] | None:
+    try:
+        return read_manifest(workdir / "pseudo_labels", PSEUDO_FORMAT)
+    except ArtifactError:
+        return None
+
+
+def resolve_dataset(config: Config, workdir: Path) -> str:
+    """The dataset spec: the config's, else the one the pseudo-labels were made from."""
+    if config.dataset:
+        return config.dataset
+    manifest = _pseudo_manifest(workdir)
+    spec = (manifest or {}).get("dataset") or ((manifest or {}).get("config") or {}).get("dataset")
+    if not spec:
+        raise ConfigError("evaluate: no --dataset given and none recorded in "
+                          f"{workdir / 'pseudo_labels' / 'manifest.json'}")
+    return str(spec)
+
+
+def stored_threshold_of(checkpoint: dict[str, Any], path: Path) -> float:
+    try:
+        return float(checkpoint["threshold"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{path}: checkpoint has no 'threshold'") from None
+
+
+def baseline_threshold_of(config: Config, pseudo_manifest: dict[str, Any] | None) -> float:
+    """The CAM baseline's non-oracle τ: the config's, else the pseudo-label box threshold."""
+    if config.baseline_threshold is not None:
+        return config.baseline_threshold
+    manifest = pseudo_manifest or {}
+    for value in (manifest.get("box_threshold"), (manifest.get("config") or {}).get("box_threshold")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return 0.5
+
+
+# ----------------------------------------------------------------------------- phase 1: maps
+
+class _Baseline:
+    """The CAM of the pseudo-label classifier: ``grid · W[y] + b[y]`` for the GT class y,
+    and the classifier's logits ``pooled · Wᵀ + b`` (its own class prediction)."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray):
+        import torch
+
+        self.weight = torch.as_tensor(np.asarray(weight, np.float32))
+        self.bias = torch.as_tensor(np.asarray(bias, np.float32))
+
+    def __call__(self, grid, pooled, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """grid float (B, h, w, c), pooled (B, c), labels (B,) -> maps (B, h, w), logits (B, C)."""
+        import torch
+
+        from tedloc.pipeline.cam import class_activation_maps
+
+        weight = self.weight.to(grid.device)
+        bias = self.bias.to(grid.device)
+        logits = pooled.float() @ weight.T + bias
+        index = torch.as_tensor(labels, device=grid.device, dtype=torch.long)
+        maps = class_activation_maps(grid.float(), weight, index, bias)
+        return maps.cpu().numpy(), logits.float().cpu().numpy()
+
+
+def _load_baseline(workdir: Path, pseudo_manifest: dict[str, Any] | None, encoder, num_classes: int,
+                   device) -> tuple[_Baseline, Any] | None:
+    """The CAM baseline and the encoder whose grid it reads (the localizer's own encoder when
+    the pseudo-labels used the same one, the usual case), or None without a classifier file."""
+    from tedloc.artifacts.pseudo_labels import CLASSIFIER_FILE, read_classifier, stage_dir
+
+    path = stage_dir(workdir) / CLASSIFIER_FILE
+    if not path.is_file():
+        log.warning("%s not found: the CAM baseline is left out", path)
+        return None
+    classifier = read_classifier(path)
+    spec = (pseudo_manifest or {}).get("encoder") or encoder.spec
+    input_size = int((pseudo_manifest or {}).get("input_size") or encoder.input_size)
+    cam_encoder = encoder
+    if (spec, input_size) != (encoder.spec, encoder.input_size):
+        from tedloc.pipeline.image_encoders import build_image_encoder
+
+        log.info("CAM baseline: pseudo-label encoder %s @%d differs from the model's %s @%d",
+                 spec, input_size, encoder.spec, encoder.input_size)
+        cam_encoder = build_image_encoder(spec, input_size=input_size, device=device)
+    weight, bias = classifier.weight, classifier.bias
+    if weight.shape != (num_classes, cam_encoder.feature_dim) or bias.shape != (num_classes,):
+        raise ArtifactError(f"{path}: weight {weight.shape} / bias {bias.shape} do not match "
+                            f"{num_classes} classes × {cam_encoder.feature_dim} features of {spec}")
+    return _Baseline(weight, bias), cam_encoder
+
+
+def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: Sequence[Record],
+                  writer: ShardedWriter, checkpoint_path: Path) -> None:
+    """Phase 1: run the model (and the baseline) on ``records``; write shards of maps."""
+    import torch
+    from tqdm import tqdm
+
+    from tedloc.pipeline.image_encoders import resolve_device
+    from tedloc.pipeline.image_loader import make_image_loader
+    from tedloc.pipeline.localizer import Localizer
+
+    device = resolve_device(config.device)
+    localizer = Localizer.from_checkpoint(checkpoint_path, device)
+    encoder = localizer.encoder
+    num_classes = len(localizer.class_names)
+    loaded = (_load_baseline(workdir, _pseudo_manifest(workdir), encoder, num_classes, device)
+              if config.baseline else None)
+    baseline, cam_encoder = loaded if loaded is not None else (None, None)
+    size = config.eval_size
+    loader = make_image_loader(dataset, records, input_size=encoder.input_size, batch_size=config.batch_size,
+                               num_workers=config.num_workers, on_bad_image=config.on_bad_image)
+    buffer: dict[str, list] = {k: [] for k in ("ids", "map", "cam_map", "class_logits",
+                                               "cam_class_logits", "label", "image_size")}
+    skipped: dict[str, str] = {}
+
+    def flush() -> None:
+        if not buffer["ids"] and not skipped:
+            return
+        arrays = {
+            "map": np.asarray(buffer["map"], np.float16).reshape(-1, size, size),
+            "class_logits": np.asarray(buffer["class_logits"], np.float32).reshape(-1, num_classes),
+            "label": np.asarray(buffer["label"], np.int64),
+            "image_size": np.asarray(buffer["image_size"], np.int32).reshape(-1, 2),
+        }
+        if baseline is not None:
+            arrays["cam_map"] = np.asarray(buffer["cam_map"], np.float16).reshape(-1, size, size)
+            arrays["cam_class_logits"] = np.asarray(buffer["cam_class_logits"], np.float32).reshape(-1, num_classes)
+        writer.write_shard(
+            list(buffer["ids"]), arrays, skipped=dict(skipped),
+            dataset_attrs={"map": {"size": size, "range": "[0, 1]", "normalized": config.normalize_maps},
+                           "image_size": {"order": "width,height"}},
+            attrs={"class_names_json": json.dumps(localizer.class_names), "has_baseline": baseline is not None})
+        for values in buffer.values():
+            values.clear()
+        skipped.clear()
+
+    with tqdm(total=len(records), desc="evaluate: maps", unit="img") as bar:
+        for batch in loader:
+            skipped.update(batch.bad)
+            if len(batch):
+                pixels = encoder.normalize(batch.pixels)
+                with torch.inference_mode():
+                    features = encoder(pixels)  # once: the head and the baseline share it
+                    out = localizer.predict_features(features.grid)
+                    logits = out.class_logits.float().cpu().numpy()
+                    grid_maps = out.maps.float().cpu().numpy()
+                    if baseline is not None:
+                        if cam_encoder is not encoder:
+                            from tedloc.pipeline.image_encoders import resize_batch
+
+                            features = cam_encoder(cam_encoder.normalize(
+                                resize_batch(list(batch.pixels.numpy()), cam_encoder.input_size)))
+                        cam_grid, cam_logits = baseline(features.grid, features.pooled, batch.labels)
+                for i, image_id in enumerate(batch.ids):
+                    try:
+                        scoremap = metrics.evaluation_map(grid_maps[i], size, normalize=config.normalize_maps,
+                                                          image_id=image_id)
+                        # A CAM has no fixed range: always min–max normalized (wsolevaluation).
+                        cam_map = (metrics.evaluation_map(cam_grid[i], size, image_id=image_id)
+                                   if baseline is not None else None)
+                    except ValueError as exc:  # NaN from the model: refuse, naming the image
+                        raise ArtifactError(f"{checkpoint_path}: {exc}") from None
+                    buffer["ids"].append(image_id)
+                    buffer["map"].append(scoremap.astype(np.float16))  # the stored precision
+                    buffer["class_logits"].append(logits[i])
+                    buffer["label"].append(int(batch.labels[i]))
+                    buffer["image_size"].append(batch.sizes[i])
+                    if baseline is not None:
+                        buffer["cam_map"].append(cam_map.astype(np.float16))
+                        buffer["cam_class_logits"].append(cam_logits[i])
+            bar.update(len(batch) + len(batch.bad))
+            if len(buffer["ids"]) >= config.shard_size:
+                flush()
+        flush()
+
+
+# ----------------------------------------------------------------------------- phase 2: report
+
+@dataclasses.dataclass
+class ReportInputs:
+    """What the report needs besides the shards: the split, class names and thresholds."""
+
+    dataset: Dataset
+    records: list[Record]
+    class_names: list[str]
+    stored_threshold: float
+    baseline_threshold: float
+    checkpoint: str
+
+
+def _eval_mask(mask: np.ndarray | None, size: int) -> np.ndarray | None:
+    """bool (H, W) mask -> bool (size, size), nearest neighbour (wsolevaluation)."""
+    if mask is None:
+        return None
+    return cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+
+
+@dataclasses.dataclass
+class _Scored:
+    """One image's per-image outcome, sent back from a scoring worker."""
+
+    image_id: str
+    label: int
+    image_size: tuple[int, int]
+    logits: dict[str, np.ndarray]
+    results: dict[str, metrics.ImageResult]
+
+
+def _read_maps(reader: ShardedReader, image_id: str, has_baseline: bool) -> dict[str, np.ndarray]:
+    maps = {"tedloc": reader.read("map", image_id).astype(np.float32)}
+    if has_baseline:
+        maps["cam_baseline"] = reader.read("cam_map", image_id).astype(np.float32)
+    return maps
+
+
+#: The shard reader of a scoring worker process, opened once by :func:`_open_worker_reader`.
+_WORKER_READER: ShardedReader | None = None
+
+
+def _open_worker_reader(stage_dir: Path) -> None:
+    global _WORKER_READER
+    _WORKER_READER = ShardedReader(stage_dir, files.FORMAT, allow_partial=True)
+
+
+def _score_chunk(stage_dir: Path, size: int, accs: dict[str, metrics.LocalizationAccumulator],
+                 dataset: Dataset, records: Sequence[Record], reader: ShardedReader | None = None
+                 ) -> tuple[dict[str, metrics.LocalizationAccumulator], list[_Scored]]:
+    """Score ``records`` from the shards into fresh accumulators shaped like ``accs``.
+
+    Runs in a worker process (reading through the worker's reader) or in the caller (its
+    ``reader``); returns the counts and the per-image outcomes, so that the caller merges
+    and writes in the split's order.  ``dataset`` only loads masks (its records may be empty).
+    """
+    reader = reader or _WORKER_READER
+    if reader is None:
+        raise RuntimeError("no shard reader")
+    fresh = {key: acc.empty_like() for key, acc in accs.items()}
+    scored = []
+    has_baseline = "cam_baseline" in fresh
+    for record in records:
+        image_id = record.image_id
+        label = int(reader.read("label", image_id))
+        if label != record.label:
+            raise ArtifactError(f"{stage_dir}: stored label {label} of {image_id!r} differs from the "
+                                f"dataset's {record.label}; rerun with --overwrite")
+        width, height = (int(v) for v in reader.read("image_size", image_id))
+        gt = metrics.gt_boxes_at_eval_size(record.boxes, (width, height), size) if len(record.boxes) else None
+        foreground = ignore = None
+        if record.mask_path is not None or record.mask_paths:
+            fg, ig = dataset.load_mask(record)
+            foreground, ignore = _eval_mask(fg, size), _eval_mask(ig, size)
+        maps = _read_maps(reader, image_id, has_baseline)
+        logits = {"tedloc": reader.read("class_logits", image_id)}
+        if has_baseline:
+            logits["cam_baseline"] = reader.read("cam_class_logits", image_id)
+        try:
+            results = {key: acc.add(maps[key], logits[key], label, gt, image_id=image_id,
+                                    foreground=foreground, ignore=ignore)
+                       for key, acc in fresh.items()}
+        except ValueError as exc:  # a damaged shard: NaN or out-of-range values
+            raise ArtifactError(f"{stage_dir}: {exc}; rerun with --overwrite") from None
+        scored.append(_Scored(image_id, label, (width, height), logits, results))
+    return fresh, scored
+
+
+def _scored_chunks(stage_dir: Path, size: int, accs: dict[str, metrics.LocalizationAccumulator],
+                   dataset: Dataset, records: Sequence[Record], num_workers: int, reader: ShardedReader):
+    """Yield ``_score_chunk`` outcomes in the split's order, computed by ``num_workers``
+    processes (0: in this process, with ``reader``).  Contour extraction is CPU-bound:
+    processes scale it."""
+    # Enough chunks to balance the workers, few enough to keep per-chunk overhead small.
+    chunk = max(1, min(64, -(-len(records) // (4 * max(1, num_workers)))))
+    chunks = [records[i:i + chunk] for i in range(0, len(records), chunk)]
+    if num_workers <= 0 or len(chunks) < 2:
+        for part in chunks:
+            yield _score_chunk(stage_dir, size, accs, dataset, part, reader)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Workers get the dataset without its record list (masks are loaded per record), so
+    # that a large split is not pickled once per chunk.
+    light = dataclasses.replace(dataset, records=[])
+    # spawn: the parent may hold torch/OpenCV threads, which do not survive a fork safely.
+    with ProcessPoolExecutor(max_workers=min(num_workers, len(chunks)),
+                             mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_open_worker_reader, initargs=(stage_dir,)) as pool:
+        # A bounded window of chunks in flight: results are consumed in order, memory stays small.
+        window = 4 * num_workers
+        futures = collections.deque(pool.submit(_score_chunk, stage_dir, size, accs, light, part)
+                                    for part in chunks[:window])
+        for part in chunks[window:]:
+            yield futures.popleft().result()
+            futures.append(pool.submit(_score_chunk, stage_dir, size, accs, light, part))
+        while futures:
+            yield futures.popleft().result()
+
+
+def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dict[str, Any]:
+    """Phase 2: metrics and every report file, from the shards in ``stage_dir``.
+
+    Returns the results dict (also written as ``results.json``).  The numbers do not depend
+    on ``config.num_workers`` (counts are summed).
+    """
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    size = config.eval_size
+    thresholds = metrics.threshold_grid(config.cam_curve_interval)
+    names = inputs.class_names
+    common = dict(iou_thresholds=config.iou_thresholds, v1_iou=config.v1_iou, loc_iou=config.loc_iou,
+                  loc_multi_contour=config.loc_multi_contour)
+    with ShardedReader(stage_dir, files.FORMAT, allow_partial=True) as reader:
+        has_baseline = reader.has("cam_map")
+        accs = {"tedloc": metrics.LocalizationAccumulator(len(names), thresholds,
+                                                          stored_threshold=inputs.stored_threshold, **common)}
+        if has_baseline:
+            accs["cam_baseline"] = metrics.LocalizationAccumulator(
+                len(names), thresholds, stored_threshold=inputs.baseline_threshold, **common)
+        records = [r for r in inputs.records if r.image_id in reader]
+        skipped = {k: v for k, v in reader.skipped.items() if k not in reader}
+        by_id = {r.image_id: r for r in records}
+        overlay_ids = _overlay_sample([r.image_id for r in records], config.num_overlays)
+        scoremap_root = stage_dir / files.SCOREMAP_DIR
+        overlay_dir = stage_dir / files.OVERLAY_DIR
+        for old in overlay_dir.glob("*.png") if overlay_dir.is_dir() else ():
+            old.unlink()  # a rerun with another sample size must not leave stale pictures
+        with files.jsonl_writer(stage_dir / files.PREDICTIONS) as predictions, \
+                tqdm(total=len(records), desc="evaluate: metrics", unit="img") as bar:
+            for part_accs, scored in _scored_chunks(stage_dir, size, accs, inputs.dataset, records,
+                                                    config.num_workers, reader):
+                for key, acc in accs.items():
+                    acc.merge(part_accs[key])
+                for item in scored:
+                    record = by_id[item.image_id]
+                    files.write_jsonl_line(predictions, _prediction_line(
+                        record, item.label, item.logits["tedloc"], item.results["tedloc"], names,
+                        inputs.stored_threshold, item.image_size, size))
+                    if config.export_scoremaps or item.image_id in overlay_ids:
+                        maps = _read_maps(reader, item.image_id, has_baseline)
+                    if config.export_scoremaps:
+                        files.save_scoremap(scoremap_root, item.image_id, maps["tedloc"])
+                    if item.image_id in overlay_ids:
+                        picture = _overlay_picture(inputs.dataset, record, maps, item.results, item.logits, names,
+                                                   item.image_size, size, config.loc_multi_contour)
+                        files.write_png(overlay_dir / files.overlay_name(overlay_ids[item.image_id], item.image_id),
+                                        picture)
+                bar.update(len(scored))
+
+    methods = {}
+    for key, acc in accs.items():
+        computed = acc.compute(names)
+        methods[key] = {"label": METHOD_LABELS[key], "uses_label": key == "cam_baseline", **computed}
+    results = {
+        "format": files.FORMAT,
+        "dataset": inputs.dataset.spec,
+        "split": inputs.dataset.split,
+        "checkpoint": inputs.checkpoint,
+        "num_images": len(records),
+        "skipped": skipped,
+        "class_names": names,
+        "conventions": {
+            "eval_size": size, "cam_curve_interval": config.cam_curve_interval,
+            "num_thresholds": len(thresholds), "iou_thresholds": list(config.iou_thresholds),
+            "v1_iou": config.v1_iou, "loc_iou": config.loc_iou,
+            "loc_multi_contour": config.loc_multi_contour, "normalize_maps": config.normalize_maps,
+            "oracle_threshold": "the grid threshold maximizing GT-known Loc on this split",
+        },
+        "methods": methods,
+    }
+    files.write_results(stage_dir, results)
+    _write_curve(stage_dir, results, inputs.stored_threshold)
+    log.info("evaluate: metrics of %d images in %.1f s", len(records), time.perf_counter() - started)
+    return results
+
+
+def _overlay_sample(ids: Sequence[str], count: int) -> dict[str, int]:
+    """``count`` ids spread evenly over ``ids`` (deterministic) -> their rank."""
+    if not ids or count <= 0:
+        return {}
+    picks = np.unique(np.linspace(0, len(ids) - 1, min(count, len(ids))).round().astype(int))
+    return {ids[i]: rank for rank, i in enumerate(picks)}
+
+
+def _to_original(boxes: np.ndarray | None, image_size: tuple[int, int], size: int) -> list[list[float]]:
+    """int boxes at eval size -> ``x0y0x1y1`` floats in original pixels (1 decimal);
+    the empty box [0, 0, 0, 0] (no region) gives an empty list."""
+    if boxes is None:
+        return []
+    kept = [b for b in np.asarray(boxes).reshape(-1, 4) if b.any()]
+    if not kept:
+        return []
+    scaled = rescale_boxes(np.asarray(kept), (size, size), image_size)
+    return [[round(float(v), 1) for v in box] for box in scaled]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+def _prediction_line(record: Record, label: int, logits: np.ndarray, result: metrics.ImageResult,
+                     names: Sequence[str], threshold: float, image_size: tuple[int, int],
+                     size: int) -> dict[str, Any]:
+    probs = _softmax(logits)
+    order = np.argsort(-probs, kind="stable")[:5]
+    return {
+        "image_id": record.image_id,
+        "label": label,
+        "label_name": names[label],
+        "class": int(order[0]),
+        "class_name": names[int(order[0])],
+        "score": round(float(probs[order[0]]), 6),
+        "top5": [{"class": int(c), "class_name": names[int(c)], "score": round(float(probs[c]), 6)}
+                 for c in order],
+        "threshold": threshold,
+        "boxes": _to_original(result.boxes, image_size, size),
+        "box": (_to_original(result.box, image_size, size) or [None])[0],
+        "iou": None if result.iou is None else round(result.iou, 4),
+        "image_size": list(image_size),
+    }
+
+
+def _overlay_picture(dataset: Dataset, record: Record, maps: dict[str, np.ndarray],
+                     results: dict[str, metrics.ImageResult], logits: dict[str, np.ndarray],
+                     names: Sequence[str], image_size: tuple[int, int], size: int,
+                     multi_contour: bool) -> np.ndarray:
+    """TeD-Loc overlay (and the CAM baseline's beside it): map, predicted box(es) at the stored
+    threshold green (the Loc metrics' boxes), GT boxes red."""
+    try:
+        image = dataset.load_image(record)
+    except InputError as exc:  # the image was readable in phase 1; say so rather than stop
+        log.warning("overlay of %s left out: %s", record.image_id, exc)
+        image = np.zeros((image_size[1], image_size[0], 3), np.uint8)
+    panels = []
+    for key, scoremap in maps.items():
+        result = results[key]
+        pred = int(np.argmax(logits[key]))
+        caption = f"{'TeD-Loc' if key == 'tedloc' else 'CAM (GT)'}: {names[pred]}"
+        boxes = _to_original(result.boxes if multi_contour else result.box, image_size, size)
+        panels.append(render.overlay(image, scoremap, caption=caption,
+                                     pred_boxes=np.asarray(boxes).reshape(-1, 4), gt_boxes=record.boxes))
+    return np.concatenate(panels, axis=1) if len(panels) > 1 else panels[0]
+
+
+def _write_curve(stage_dir: Path, results: dict[str, Any], stored_threshold: float) -> None:
+    curves: dict[str, list[float]] = {}
+    for key, method in results["methods"].items():
+        short = "TeD-Loc" if key == "tedloc" else "CAM"
+        for name, values in method.get("curves", {}).items():
+            if key != "tedloc" and name != "v1":
+                continue  # keep the plot readable: the baseline's V1 curve only
+            label = "V1" if name == "v1" else name.replace("v2_iou", "V2 IoU")
+            curves[f"{short} {label}"] = values
+    if not curves:
+        return
+    thresholds = results["methods"]["tedloc"]["thresholds"]
+    picture = render.curve_plot(thresholds, curves, markers={"stored": stored_threshold},
+                                title=f"BoxAcc vs. threshold ({results['dataset']} / {results['split']})"[:70])
+    files.write_png(stage_dir / files.CURVE_PNG, picture)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
+    """Run the evaluate stage; return the manifest path (see the module docstring)."""
+    from tedloc.artifacts.checkpoint import load_checkpoint
+    from tedloc.data.open import open_dataset
+
+    workdir = Path(workdir)
+    _, train_identity = _train_identity(workdir)
+    checkpoint_path = workdir / "train" / config.checkpoint
+    checkpoint = load_checkpoint(checkpoint_path)
+    class_names = [str(n) for n in checkpoint.get("class_names", [])]
+    pseudo_manifest = _pseudo_manifest(workdir)
+
+    spec = resolve_dataset(config, workdir)
+    dataset = open_dataset(spec, config.split)
+    if class_names and list(dataset.class_names) != class_names:
+        raise ConfigError(f"evaluate: the dataset's classes ({len(dataset.class_names)}: "
+                          f"{', '.join(dataset.class_names[:5])}...) differ from the model's "
+                          f"({len(class_names)}: {', '.join(class_names[:5])}...)")
+    records = dataset.records[:config.limit] if config.limit else list(dataset.records)
+    if not records:
+        raise InputError(spec, f"split {config.split!r} has no images")
+
+    header = ArtifactHeader(
+        format=files.FORMAT, format_version=files.FORMAT_VERSION,
+        config={**config.to_dict(), "dataset": spec},
+        config_hash=config.config_hash(),
+        upstream_hash=hash_json({"train": train_identity, "data": dataset_content_hash(dataset, records)}),
+    )
+    stage_dir = workdir / "evaluate"
+    inputs = ReportInputs(dataset=dataset, records=records, class_names=class_names or dataset.class_names,
+                          stored_threshold=stored_threshold_of(checkpoint, checkpoint_path),
+                          baseline_threshold=baseline_threshold_of(config, pseudo_manifest),
+                          checkpoint=str(checkpoint_path))
+    ids = [r.image_id for r in records]
+    writer = ShardedWriter(stage_dir, header, supported_versions=(files.FORMAT_VERSION,))
+    with writer:
+        if writer.open(overwrite=overwrite):
+            if not _outputs_missing(stage_dir, config):
+                log.info("evaluate: finished results in %s match this config; nothing to do", stage_dir)
+                return writer.manifest_path
+            log.info("evaluate: rewriting the report (requested outputs are missing)")
+        pending = writer.pending(ids)
+        if pending:
+            log.info("evaluate: %d of %d images to run (%d done)", len(pending), len(ids), len(ids) - len(pending))
+            index = dataset.by_id()
+            _compute_maps(config, workdir=workdir, dataset=dataset, records=[index[i] for i in pending],
+                          writer=writer, checkpoint_path=checkpoint_path)
+        results = compute_report(stage_dir, config, inputs)
+        summary = {key: {k: m["overall"].get(k) for k in ("max_box_acc_v1", "max_box_acc_v2", "top1_loc",
+                                                          "top1_cls", "pxap") if k in m["overall"]}
+                   for key, m in results["methods"].items()}
+        path = writer.finish(ids, extra={
+            "dataset": spec, "split": config.split, "train_identity": train_identity,
+            "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
+            "num_overlays": config.num_overlays, "export_scoremaps": config.export_scoremaps,
+            "summary": summary,
+            "outputs": [files.RESULTS_JSON, files.RESULTS_MD, files.PREDICTIONS, files.CURVE_PNG,
+                        files.OVERLAY_DIR] + ([files.SCOREMAP_DIR] if config.export_scoremaps else []),
+        })
+    if path is None:  # cannot happen with one process; kept for the contract of finish()
+        raise ArtifactError(f"{stage_dir}: images are missing after the run")
+    log.info("evaluate: results in %s", stage_dir / files.RESULTS_MD)
+    return path
+
+
+def _outputs_missing(stage_dir: Path, config: Config) -> bool:
+    """A finished run asked for outputs it did not write (NOT_HASHED output options)."""
+    manifest = read_manifest(stage_dir, files.FORMAT)
+    if config.export_scoremaps and not (stage_dir / files.SCOREMAP_DIR).is_dir():
+        return True
+    if not all((stage_dir / name).is_file() for name in (files.RESULTS_JSON, files.RESULTS_MD, files.PREDICTIONS)):
+        return True
+    return manifest.get("num_overlays") != config.num_overlays
