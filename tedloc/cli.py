@@ -180,6 +180,65 @@ def inspect_command(
     typer.echo(describe(path))
 
 
+@app.command("predict")
+@reports_errors
+def predict_command(
+    ctx: typer.Context,
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Model checkpoint [default: <workdir>/train/model.pt]."),
+    out_json: Optional[Path] = typer.Option(None, "--out-json", help="Write the JSON here instead of stdout."),
+    overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for one overlay PNG per image."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", help="Map threshold for the boxes [default: the one stored in the checkpoint]."),
+    on_bad_image: str = typer.Option("fail", "--on-bad-image", help="fail: stop naming the file; skip: go on."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Class, top-5, map and boxes (original pixels) for arbitrary images, as JSON."""
+    import json
+
+    from tedloc.stages.predict import run_predict
+
+    path = checkpoint or ctx.find_root().obj.workdir / "train" / "model.pt"
+    result = run_predict(images, checkpoint=path, out_json=out_json, overlays=overlays, threshold=threshold,
+                         on_bad_image=on_bad_image, device=device)
+    if out_json is None:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(f"predict: {len(result['predictions'])} images -> {out_json}", err=True)
+
+
+@app.command("demo")
+@reports_errors
+def demo_command(
+    ctx: typer.Context,
+    quick: bool = typer.Option(False, "--quick", help="Smoke run: a class-balanced slice and fewer epochs."),
+    dataset: str = typer.Option("demo", "--dataset", help="Dataset spec [default: the bundled demo data]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute stages whose results differ."),
+) -> None:
+    """Run every stage on the bundled demo data and print TeD-Loc next to the CAM baseline."""
+    import time
+
+    from tedloc.configs.demo import Config
+    from tedloc.stages.demo import run, summary_table
+
+    options: GlobalOptions = ctx.find_root().obj
+    workdir = options.workdir if options.workdir_given else Path("artifacts") / ("demo-quick" if quick else "demo")
+    sections = load_config_file(options.config_file) if options.config_file else {}
+    config = Config.from_dict({**sections.get("demo", {}), "quick": quick, "dataset": dataset},
+                              source="demo options")
+    start = time.perf_counter()
+    results = run(config, workdir=workdir, overwrite=overwrite, sections=sections)
+    seconds = time.perf_counter() - start
+    evaluate_dir = workdir / "evaluate"
+    typer.echo(f"\nTeD-Loc on {results.get('dataset')} / {results.get('split')} "
+               f"({results.get('num_images')} images), values in %:\n")
+    typer.echo(summary_table(results))
+    typer.echo(f"\nfull results: {evaluate_dir / 'results.md'}")
+    typer.echo(f"pictures:     {evaluate_dir / 'overlays'}  and  {evaluate_dir / 'boxacc_curve.png'}")
+    typer.echo(f"took {seconds:.1f} s (artifacts in {workdir}; a rerun resumes from them)")
+
+
 @data_app.command("check")
 @reports_errors
 def data_check_command(

@@ -263,3 +263,15 @@ def test_hf_parquet_and_plain_labels(tmp_path):
     pattern = open_dataset(f"hf:{folder}/{{split}}-*.parquet?image=picture&label=kind", "test")
     assert pattern.image_ids == ["0000000"] and pattern.records[0].label == 2
     assert pattern.class_names == ["a", "b", "c"]
+
+
+def test_head_is_class_balanced_and_in_file_order():
+    from tedloc.data.open import open_dataset
+
+    dataset = open_dataset("demo", "train")
+    head = dataset.head(16)
+    assert len(head) == 16
+    assert sorted({r.label for r in head}) == list(range(8))
+    positions = [dataset.records.index(r) for r in head]
+    assert positions == sorted(positions)
+    assert dataset.head(0) == list(dataset.records)

@@ -130,6 +130,27 @@ class Dataset:
         index = self.by_id()
         return dataclasses.replace(self, records=[index[i] for i in image_ids])
 
+    def head(self, n: int) -> list[Record]:
+        """The first ``n`` records, balanced over classes (all records if ``n`` is 0).
+
+        Takes records round-robin over the classes, each class in file order, then
+        returns them in file order; so a small slice of a class-sorted index still
+        covers every class (smoke runs with ``--limit``) and is deterministic.
+        """
+        if n <= 0 or n >= len(self.records):
+            return list(self.records)
+        per_class: dict[int, list[int]] = {}
+        for position, record in enumerate(self.records):
+            per_class.setdefault(record.label, []).append(position)
+        queues = [iter(per_class[label]) for label in sorted(per_class)]
+        chosen: list[int] = []
+        while len(chosen) < n:
+            for queue in queues:
+                position = next(queue, None)
+                if position is not None and len(chosen) < n:
+                    chosen.append(position)
+        return [self.records[i] for i in sorted(chosen)]
+
 
 def boxes_array(boxes: Sequence[Sequence[float]]) -> np.ndarray:
     """float32 (K, 4) from a list of ``x0y0x1y1`` boxes."""
