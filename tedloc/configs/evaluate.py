@@ -38,7 +38,7 @@ class Config(StageConfig):
     # Checkpoint file inside <workdir>/train/ (model.pt is the final model).
     checkpoint: str = option("model.pt", "Checkpoint file name inside <workdir>/train/.")
     # 0 = every image of the split; N = the first N in index order (smoke runs).
-    limit: int = option(0, "Evaluate only the first N images of the split (0 = all).")
+    limit: int = option(0, "Evaluate only N images of the split, balanced over classes, in file order (0 = all).")
     # fail: stop at the first unreadable image, naming it; skip: record it and go on.
     on_bad_image: str = option("fail", "What to do with an unreadable image: fail or skip.")
     # Adds the CAM of the pseudo-label classifier for the GT class as a labelled baseline.

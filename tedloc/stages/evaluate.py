@@ -546,7 +546,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         raise ConfigError(f"evaluate: the dataset's classes ({len(dataset.class_names)}: "
                           f"{', '.join(dataset.class_names[:5])}...) differ from the model's "
                           f"({len(class_names)}: {', '.join(class_names[:5])}...)")
-    records = dataset.records[:config.limit] if config.limit else list(dataset.records)
+    records = dataset.head(config.limit)
     if not records:
         raise InputError(spec, f"split {config.split!r} has no images")
 
