@@ -77,11 +77,18 @@ def summary_table(results: Mapping[str, Any]) -> str:
     """Markdown table: each method (TeD-Loc, the CAM baseline) × the demo's headline metrics."""
     header = ["Method", "map uses GT label"] + list(SUMMARY_COLUMNS.values())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in results["methods"].values():
+    # TeD-Loc first, then the baselines (results.json keeps methods in sorted-key order).
+    methods = sorted(results["methods"].values(), key=lambda m: bool(m.get("uses_label")))
+    for method in methods:
         overall = method["overall"]
         cells = []
         for key in SUMMARY_COLUMNS:
             value = overall.get(key)
             cells.append("–" if value is None else f"{value:.1f}")
         lines.append("| " + " | ".join([method["label"], "yes" if method.get("uses_label") else "no", *cells]) + " |")
+    if len(methods) == 2:
+        ours, base = methods[0]["overall"], methods[1]["overall"]
+        margins = [f"{title} {ours[key] - base[key]:+.1f}" for key, title in SUMMARY_COLUMNS.items()
+                   if ours.get(key) is not None and base.get(key) is not None]
+        lines.append(f"\n{methods[0]['label']} minus {methods[1]['label']}: " + ", ".join(margins))
     return "\n".join(lines)
