@@ -1,28 +1,42 @@
-"""Throughput of the pseudo-labels stage against the bare encoder forward, on the same images.
+"""Throughput and memory of the pseudo-labels stage against the bare encoder forward.
 
-    python benchmarks/pseudo_labels.py [--dataset DIR] [--images 128] [--encoder efficientnet-lite0]
+    python benchmarks/pseudo_labels.py [--dataset DIR] [--images 64 192] [--encoder efficientnet-lite0]
 
 Without --dataset, writes a wsolevaluation tree of synthetic 500×375 JPEGs (2 classes) to a
-temporary folder.  Reports images/s of (a) the bare encoder forward at --batch-size on
-already-decoded, resized images, (b) the whole stage (decode in workers, classifier pass,
-maps, boxes, cached features, shards, manifest), their ratio, the ratio per encoder forward
-(the stage runs one forward per image for the classifier's pooled features, one for the
-maps and one more for the flipped-image features when they are cached), and the peak RSS.
+temporary folder.  Each image count runs in its own process (so that peak memory is that of
+one run), which measures, in that one run:
+
+* the **stage** (decode in workers, one encoder pass, classifier fit, CAMs, boxes, shards with
+  the cached features, manifest, diagnostic) in images/s, and the peak RSS (main process plus
+  its DataLoader workers, sampled every 20 ms) while it runs;
+* the **bare encoder forward** over the same work on already-decoded, resized images: with
+  flipped features cached (the default) the stage forwards N images + N flipped images, as
+  batches of [B images; B flipped], so the bare run forwards exactly those 2N inputs in the
+  same batches.  Reported as images/s (N / time) and encoder forwards/s (2N / time);
+  timed after the stage, both after one warm-up forward;
+* their ratio (the goal is ≥ 0.85: decoding, CAM and HDF5 writing hide behind the encoder).
+
+Peak RSS at two image counts shows whether memory grows with N (it must not: the stage
+streams to shards; a final shard is buffered whole, so memory is bounded by --shard-size
+images).  RSS is summed over processes, so pages the forked workers share count twice.
+Fixed costs (building the encoder, the classifier fit) weigh more at small N.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import resource
+import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 
 def synthetic_tree(root: Path, n: int) -> Path:
@@ -48,64 +62,145 @@ def synthetic_tree(root: Path, n: int) -> Path:
     return root
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default=None)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--encoder", default="efficientnet-lite0")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+def _rss_tree_kb(pid: int) -> int:
+    """Resident set of ``pid`` and its descendants (kB), from /proc (Linux)."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _rss_tree_kb(int(child))
+    except (OSError, ValueError):
+        pass
+    return total
+
+
+class _PeakRSS:
+    """Samples the RSS of this process and its children in a thread; ``peak_mb`` after."""
+
+    def __init__(self, every_s: float = 0.02):
+        self.every_s = every_s
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, _rss_tree_kb(os.getpid()))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> _PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024
+
+
+def one_run(args) -> dict:
+    """Stage then bare forward of the first ``args.one`` images, in this process."""
+    import torch
 
     from tedloc.configs.pseudo_labels import Config
     from tedloc.data.open import open_dataset
     from tedloc.pipeline.image_encoders import build_image_encoder, resize_batch, resolve_device
     from tedloc.stages import pseudo_labels
 
-    tmp = Path(tempfile.mkdtemp(prefix="tedloc-bench-"))
-    dataset_dir = Path(args.dataset) if args.dataset else synthetic_tree(tmp / "data", args.images)
+    n = args.one
     device = resolve_device(args.device)
-    dataset = open_dataset(str(dataset_dir), args.split)
-    records = dataset.records[:args.images]
-    n = len(records)
-
     encoder = build_image_encoder(args.encoder, device=device)
-    resized = resize_batch([dataset.load_image(r) for r in records], encoder.input_size)
+    dataset = open_dataset(args.dataset, args.split)
+    records = dataset.records[:n]
+    flip = not args.no_flip
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    with torch.inference_mode():  # warm-up
-        encoder(encoder.normalize(resized[:args.batch_size]))
-    sync()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, n, args.batch_size):
-            encoder(encoder.normalize(resized[i:i + args.batch_size]))
-    sync()
-    bare = n / (time.perf_counter() - start)
+    def forward(resized_batch):
+        x = encoder.normalize(resized_batch)
+        if flip:  # exactly what the stage forwards: [B images; B flipped]
+            x = torch.cat([x, x.flip(-1)])
+        with torch.inference_mode():
+            encoder(x)
 
-    config = Config(dataset=str(dataset_dir), split=args.split, encoder=args.encoder, limit=n,
-                    batch_size=args.batch_size, num_workers=args.num_workers, device=str(device))
-    start = time.perf_counter()
-    manifest = pseudo_labels.run(config, workdir=tmp / "work")
+    # Warm-up (kernel selection) on the batch shape both runs use, before either is timed.
+    warm = resize_batch([dataset.load_image(r) for r in records[:args.batch_size]], encoder.input_size)
+    forward(warm)
     sync()
-    staged = n / (time.perf_counter() - start)
-    forwards = 2 + (1 if config.cache_flip_features else 0)  # classifier pass, maps, flipped grid
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"device {device}, encoder {args.encoder}, {n} images, batch {args.batch_size}, "
-          f"workers {args.num_workers}, torch threads {torch.get_num_threads()}")
-    print(f"bare encoder forward: {bare:.1f} images/s")
-    print(f"pseudo-labels stage : {staged:.1f} images/s ({forwards} encoder forwards per image)")
-    print(f"ratio stage / bare  : {staged / bare:.3f}")
-    print(f"ratio per forward   : {staged * forwards / bare:.3f}")
-    print(f"peak RSS            : {peak_rss_mb:.0f} MB")
-    print(f"artifact            : {manifest}")
+    config = Config(dataset=args.dataset, split=args.split, encoder=args.encoder, limit=n,
+                    batch_size=args.batch_size, num_workers=args.num_workers, device=str(device),
+                    cache_flip_features=flip, cache_features="on", shard_size=args.shard_size)
+    workdir = Path(tempfile.mkdtemp(prefix="tedloc-bench-work-"))
+    with _PeakRSS() as rss:
+        start = time.perf_counter()
+        pseudo_labels.run(config, workdir=workdir)
+        sync()
+        stage_s = time.perf_counter() - start
+
+    resized = resize_batch([dataset.load_image(r) for r in records], encoder.input_size)
+    start = time.perf_counter()
+    for i in range(0, n, args.batch_size):
+        forward(resized[i:i + args.batch_size])
+    sync()
+    bare_s = time.perf_counter() - start
+    forwards = 2 * n if flip else n
+    return {"images": n, "device": str(device), "threads": torch.get_num_threads(),
+            "bare_images_per_s": n / bare_s, "bare_forwards_per_s": forwards / bare_s,
+            "stage_images_per_s": n / stage_s, "stage_forwards_per_s": forwards / stage_s,
+            "ratio": bare_s / stage_s, "peak_rss_mb": rss.peak_mb, "forwards": forwards}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--images", type=int, nargs="+", default=[64, 192])
+    parser.add_argument("--encoder", default="efficientnet-lite0")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    # Final shards are buffered whole before writing, so peak memory is bounded by shard_size
+    # images (not N); a shard size below the image counts makes that visible.
+    parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--no-flip", action="store_true", help="Do not cache flipped-image features.")
+    parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child process
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    if args.one:
+        print(json.dumps(one_run(args)))
+        return 0
+    if args.dataset is None:
+        args.dataset = str(synthetic_tree(Path(tempfile.mkdtemp(prefix="tedloc-bench-")) / "data",
+                                          max(args.images)))
+    print(f"encoder {args.encoder}, batch {args.batch_size}, workers {args.num_workers}, "
+          f"shard size {args.shard_size}, "
+          f"flipped features {'off' if args.no_flip else 'on'} "
+          f"(the stage forwards N images{'' if args.no_flip else ' + N flipped images'}; "
+          "'bare' forwards the same inputs in the same batches)")
+    print(f"{'N':>5} {'bare img/s':>11} {'bare fwd/s':>11} {'stage img/s':>12} {'stage fwd/s':>12} "
+          f"{'ratio':>6} {'peak RSS MB':>12}")
+    for n in args.images:
+        command = [sys.executable, __file__, "--one", str(n), "--dataset", args.dataset, "--split", args.split,
+                   "--encoder", args.encoder, "--batch-size", str(args.batch_size),
+                   "--num-workers", str(args.num_workers), "--device", args.device,
+                   "--shard-size", str(args.shard_size)]
+        if args.no_flip:
+            command.append("--no-flip")
+        out = subprocess.run(command, check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{r['images']:>5} {r['bare_images_per_s']:>11.2f} {r['bare_forwards_per_s']:>11.2f} "
+              f"{r['stage_images_per_s']:>12.2f} {r['stage_forwards_per_s']:>12.2f} {r['ratio']:>6.3f} "
+              f"{r['peak_rss_mb']:>12.0f}   ({r['device']}, {r['threads']} threads)")
     return 0
 
 

@@ -27,7 +27,8 @@ def _config(root: Path, **kw) -> Config:
 def _arrays(workdir: Path) -> dict[str, dict[str, np.ndarray]]:
     with open_pseudo_labels(workdir) as art:
         return {name: dict(zip(art.ids, art.read_all(name), strict=True))
-                for name in ("cam", "pseudo_box", "label", "image_size", "features", "features_flip")}
+                for name in ("cam", "pseudo_box", "label", "image_size", "features", "features_flip")
+                if art.has(name)}
 
 
 @pytest.fixture
@@ -155,3 +156,107 @@ def test_inspect_renders_a_map_overlay(data, tmp_path):
 
     image = cv2.imread(str(out))
     assert image is not None and image.size > 0
+
+
+# ----------------------------------------------------------------------------- one encoder pass
+
+@pytest.fixture
+def forward_calls(monkeypatch) -> list[int]:
+    """Batch sizes of every encoder forward the stage makes (after the encoder's own probe)."""
+    calls: list[int] = []
+    real_build = stage.build_image_encoder
+
+    def build(*args, **kwargs):
+        encoder = real_build(*args, **kwargs)
+        real_forward = encoder.forward
+
+        def counted(pixels):
+            calls.append(len(pixels))
+            return real_forward(pixels)
+
+        encoder.forward = counted
+        return encoder
+
+    monkeypatch.setattr(stage, "build_image_encoder", build)
+    return calls
+
+
+def test_encoder_runs_once_per_image_and_flip(data, tmp_path, forward_calls):
+    stage.run(_config(data), workdir=tmp_path / "w")
+    # 20 images in batches of 4: one forward of [4 images; 4 flipped] per batch, nothing else
+    assert forward_calls == [8] * 5
+    assert not (tmp_path / "w/pseudo_labels/encoded").exists()
+    forward_calls.clear()
+    stage.run(_config(data, cache_flip_features=False), workdir=tmp_path / "noflip")
+    assert forward_calls == [4] * 5
+
+
+def test_two_pass_fallback_over_budget(data, tmp_path, forward_calls):
+    """Grids over cache_budget_gb: pooled pass then map pass, same maps as one pass."""
+    one = stage.run(_config(data, cache_features="off"), workdir=tmp_path / "one")
+    assert forward_calls == [4] * 5
+    forward_calls.clear()
+    two = stage.run(_config(data, cache_features="off", cache_budget_gb=1e-9), workdir=tmp_path / "two")
+    assert forward_calls == [4] * 10
+    assert not json.loads(two.read_text())["has_features"]
+    got, want = _arrays(tmp_path / "two"), _arrays(one.parent.parent)
+    for name in ("cam", "pseudo_box"):
+        for image_id, value in want[name].items():
+            np.testing.assert_allclose(got[name][image_id], value, atol=1e-3)
+
+
+def _assert_same_artifact(workdir: Path, reference: Path) -> None:
+    got, want = _arrays(workdir), _arrays(reference)
+    for name in want:
+        assert got[name].keys() == want[name].keys()
+        for image_id in want[name]:
+            np.testing.assert_array_equal(got[name][image_id], want[name][image_id])
+
+
+def test_resume_after_interruption_while_encoding(data, tmp_path, forward_calls):
+    reference = stage.run(_config(data), workdir=tmp_path / "ref").parent.parent
+    classifier_ref = read_classifier(reference)
+
+    def interrupt_after_8(done: int) -> None:
+        if done >= 8:
+            raise _Interrupt
+
+    stage.AFTER_ENCODE_HOOK = interrupt_after_8
+    try:
+        with pytest.raises(_Interrupt):
+            stage.run(_config(data), workdir=tmp_path / "w")
+    finally:
+        stage.AFTER_ENCODE_HOOK = None
+    staged = sorted(p.name for p in (tmp_path / "w/pseudo_labels/encoded").glob("*.h5"))
+    assert staged == ["part000of001-00000.h5", "part000of001-00001.h5"]
+    assert not (tmp_path / "w/pseudo_labels" / CLASSIFIER_FILE).exists()
+    forward_calls.clear()
+    stage.run(_config(data), workdir=tmp_path / "w")
+    assert forward_calls == [8] * 3  # only the 12 images not staged
+    np.testing.assert_array_equal(read_classifier(tmp_path / "w").weight, classifier_ref.weight)
+    _assert_same_artifact(tmp_path / "w", reference)
+    assert not (tmp_path / "w/pseudo_labels/encoded").exists()
+
+
+def test_resume_after_interruption_while_writing_maps(data, tmp_path, forward_calls):
+    reference = stage.run(_config(data), workdir=tmp_path / "ref").parent.parent
+
+    def interrupt_after_12(done: int) -> None:
+        if done >= 12:
+            raise _Interrupt
+
+    stage.AFTER_BATCH_HOOK = interrupt_after_12
+    try:
+        with pytest.raises(_Interrupt):
+            stage.run(_config(data), workdir=tmp_path / "w")
+    finally:
+        stage.AFTER_BATCH_HOOK = None
+    # one final shard (8 images) is on disk and its two staging files are gone
+    folder = tmp_path / "w/pseudo_labels"
+    assert len(list((folder / "shards").glob("*.h5"))) == 1
+    assert len(list((folder / "encoded").glob("*.h5"))) == 3
+    forward_calls.clear()
+    stage.run(_config(data), workdir=tmp_path / "w")
+    assert forward_calls == []  # maps of the other 12 come from their staged grids
+    _assert_same_artifact(tmp_path / "w", reference)
+    assert not (folder / "encoded").exists()

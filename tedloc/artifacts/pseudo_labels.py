@@ -6,23 +6,37 @@ Layout (docs/ARCHITECTURE.md)::
     <workdir>/pseudo_labels/shards/*.h5        image_ids, label, image_size, cam, pseudo_box,
                                                [features, features_flip]
     <workdir>/pseudo_labels/cam_classifier.h5  weight float32 (C, c), bias float32 (C,)
+    <workdir>/pseudo_labels/encoded/*.h5       while the stage runs: staged encoder outputs
 
 ``cam_classifier.h5`` is written before any shard and carries the stage's identity, so a
 resumed run reuses it instead of refitting (refitting could change the maps already written).
+
+``encoded/partPPPofNNN-SSSSS.h5`` (format ``tedloc.pseudo_labels.encoded``, the stage's
+hashes, one file per encoder batch, written atomically) holds what the single encoder pass
+produced for the batch: ``image_ids``, ``label``, ``image_size``, ``pooled`` float32 (B, c)
+and, when the maps are made from staged grids, ``features`` / ``features_flip`` float16
+(B, h, w, c), uncompressed (they are read back once, soon).  Root attribute ``contents``
+lists the arrays; ``skipped_json`` the batch's unreadable images.  They are deleted as the
+final shards holding their images are written, and the folder once the manifest is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import logging
 import os
+import re
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from tedloc.artifacts.atomic import commit_tmp, tmp_path_for
+from tedloc.artifacts.atomic import atomic_h5, commit_tmp, tmp_path_for
 from tedloc.artifacts.store import (
     MANIFEST,
     ArtifactHeader,
@@ -30,14 +44,18 @@ from tedloc.artifacts.store import (
     check_format,
     write_header_attrs,
 )
-from tedloc.errors import ArtifactError
+from tedloc.errors import ArtifactError, ConfigMismatchError
 
+log = logging.getLogger(__name__)
 FORMAT = "tedloc.pseudo_labels"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 STAGE_DIR = "pseudo_labels"
 CLASSIFIER_FILE = "cam_classifier.h5"
 CLASSIFIER_FORMAT = "tedloc.cam_classifier"
+ENCODED_DIR = "encoded"
+ENCODED_FORMAT = "tedloc.pseudo_labels.encoded"
+_ENCODED_RE = re.compile(r"^part(\d{3})of(\d{3})-(\d{5})\.h5$")
 
 
 def stage_dir(workdir_or_dir: str | Path) -> Path:
@@ -160,3 +178,119 @@ class PseudoLabels(ShardedReader):
 def open_pseudo_labels(workdir_or_dir: str | Path) -> PseudoLabels:
     """Open the finished artifact under ``<workdir>/pseudo_labels`` (ArtifactError if unfinished)."""
     return PseudoLabels(workdir_or_dir)
+
+
+# ----------------------------------------------------------------------------- staged encoder outputs
+
+@dataclasses.dataclass
+class EncodedFile:
+    """Index entry of one staging file (its arrays are read with :func:`read_encoded`).
+
+    Attributes:
+        path: the file.  part, num_parts, seq: from its name.
+        ids: image ids of its rows.  skipped: id -> reason for its unreadable images.
+        contents: names of its per-image arrays.
+    """
+
+    path: Path
+    part: int
+    num_parts: int
+    seq: int
+    ids: list[str]
+    skipped: dict[str, str]
+    contents: tuple[str, ...]
+
+
+def encoded_path(directory: str | Path, part: int, num_parts: int, seq: int) -> Path:
+    """``<stage dir>/encoded/partPPPofNNN-SSSSS.h5``."""
+    return Path(directory) / ENCODED_DIR / f"part{part:03d}of{num_parts:03d}-{seq:05d}.h5"
+
+
+def write_encoded(path: str | Path, header: ArtifactHeader, image_ids: Sequence[str],
+                  arrays: dict[str, np.ndarray], *, skipped: dict[str, str] | None = None) -> Path:
+    """Write one staging file atomically (``*.tmp`` then rename).
+
+    Args:
+        image_ids: B ids; row i of every array belongs to ``image_ids[i]``.
+        arrays: name -> array with leading dimension B (``label`` int64, ``image_size``
+            int32 (B, 2), ``pooled`` float32 (B, c), optional ``features``/``features_flip``
+            float16 (B, h, w, c)); stored uncompressed, contiguous (written and read once).
+        skipped: unreadable images of the batch, id -> reason.
+    """
+    path = Path(path)
+    for name, array in arrays.items():
+        if len(array) != len(image_ids):
+            raise ValueError(f"array {name!r} has {len(array)} rows for {len(image_ids)} ids")
+    with atomic_h5(path) as handle:
+        write_header_attrs(handle, header)
+        handle.attrs["format"] = ENCODED_FORMAT
+        handle.attrs["contents"] = json.dumps(sorted(arrays))
+        handle.attrs["skipped_json"] = json.dumps(skipped or {}, sort_keys=True)
+        handle.create_dataset("image_ids", data=np.array(list(image_ids), dtype=object),
+                              dtype=h5py.string_dtype())
+        for name, array in arrays.items():
+            handle.create_dataset(name, data=np.asarray(array))
+    return path
+
+
+def scan_encoded(directory: str | Path, identity: str, *, overwrite: bool = False) -> list[EncodedFile]:
+    """Index the staging files under ``<directory>/encoded`` (sorted by name).
+
+    A file of another identity raises :class:`ConfigMismatchError` (the same rule as the
+    shards: never reuse or delete silently) unless ``overwrite``, which deletes it.  An
+    unreadable file (damage from outside: they appear atomically) is deleted with a warning;
+    its images are encoded again.
+    """
+    folder = Path(directory) / ENCODED_DIR
+    found: list[EncodedFile] = []
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.glob("*.h5")):
+        match = _ENCODED_RE.match(path.name)
+        if match is None:
+            continue
+        try:
+            with h5py.File(path, "r") as handle:
+                check_format(path, handle.attrs.get("format"), handle.attrs.get("format_version"),
+                             ENCODED_FORMAT, SUPPORTED_VERSIONS)
+                file_identity = f"{handle.attrs.get('config_hash')}/{handle.attrs.get('upstream_hash')}"
+                ids = [s.decode() if isinstance(s, bytes) else s for s in handle["image_ids"][()]]
+                skipped = json.loads(handle.attrs.get("skipped_json", "{}"))
+                contents = tuple(json.loads(handle.attrs.get("contents", "[]")))
+        except FileNotFoundError:
+            continue  # deleted meanwhile by the process that owns it
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("%s: unreadable staging file (%s); deleting it, its images will be encoded again",
+                        path, exc)
+            path.unlink(missing_ok=True)
+            continue
+        if file_identity != identity:
+            if not overwrite:
+                raise ConfigMismatchError(
+                    f"{path}: staged by a run with hash {file_identity}, this run has {identity}; "
+                    "pass --overwrite to recompute (the old results will be deleted)")
+            log.warning("--overwrite: deleting %s (hash %s)", path, file_identity)
+            path.unlink(missing_ok=True)
+            continue
+        part, num_parts, seq = map(int, match.groups())
+        found.append(EncodedFile(path=path, part=part, num_parts=num_parts, seq=seq, ids=ids,
+                                 skipped=skipped, contents=contents))
+    return found
+
+
+def read_encoded(path: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named arrays of one staging file (whole, in row order)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            return {name: handle[name][()] for name in names}
+    except (OSError, KeyError) as exc:
+        raise ArtifactError(f"{path}: cannot read staged arrays {list(names)} ({exc})") from None
+
+
+def remove_encoded(directory: str | Path) -> None:
+    """Delete ``<directory>/encoded`` (after the manifest is written: nothing needs it)."""
+    folder = Path(directory) / ENCODED_DIR
+    if folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed the staging folder %s", folder)

@@ -49,7 +49,9 @@ class Config(StageConfig):
     clip_es_refine: bool = option(True, "CLIP-ES attention-affinity refinement.")
     clip_es_attention_layers: int = option(8, "Last layers whose attention forms the CLIP-ES affinity.")
     clip_es_refine_threshold: float = option(0.4, "CAM level of the patches the affinity propagates from.")
-    # Feature cache for training: auto = on while the estimate fits cache_budget_gb.
+    # Feature cache for training: auto = on while the estimate fits cache_budget_gb.  The
+    # budget also decides whether uncached grids are staged on disk for a single encoder pass
+    # (else the two-pass fallback: the maps step encodes the images again).
     cache_features: str = option("auto", "Cache the encoder grid per image: auto, on or off.")
     cache_budget_gb: float = option(50.0, "Largest feature cache 'auto' allows (GB, float16, before compression).")
     cache_flip_features: bool = option(True, "Also cache the grid of the horizontally flipped image.")

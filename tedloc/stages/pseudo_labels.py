@@ -2,20 +2,33 @@
 
 Steps (one process, or each of ``num_shards`` processes on its part of the images):
 
-1. **Classifier** (``cam_classifier.h5``, written before any shard, reused on resume):
-   pooled features of *every* selected training image (each process computes them all,
-   deterministically: the simplest way for concurrent processes to agree without waiting
-   on each other), a multinomial logistic regression (``tedloc.pipeline.cam``), written
-   with exclusive creation so that one file wins and every process reads that one.  Fit
-   for every method: the CAM baseline of the evaluate stage uses it.
-2. **Maps**: batches of this process's pending images (decoded in DataLoader workers) ->
-   encoder grid -> CAM of the GT class (``cam``) or CLIP-ES (``clip-es``), min–max to
-   [0, 1]; pseudo box from the map upsampled to S×S at ``box_threshold``; optionally the
-   grid itself (and the flipped image's grid) as float16.  Written as shards of about
-   ``shard_size`` images; a killed run resumes with the images not yet in a shard.
-3. **Manifest**: written by the process that finds every image done, with, when the split
-   has GT boxes, the maps' MaxBoxAccV2 against them as a *diagnostic* (the GT is never
-   used to make the pseudo-labels).
+1. **Encode** (resumable): one pass of the frozen encoder over this part's pending images
+   (decoded in DataLoader workers).  With method ``cam`` and staged grids, each batch is run
+   as ONE forward of ``[images; flipped images]`` (flipped only when ``features_flip`` is
+   cached) and everything later steps need is staged per batch in
+   ``<stage dir>/encoded/partPPPofNNN-SSSSS.h5`` (written atomically): labels, sizes, the
+   pooled vector, the grid and flipped grid (float16).  So the encoder runs exactly once per
+   image (and once per flipped image).  A killed run resumes with the images not staged.
+2. **Classifier** (``cam_classifier.h5``, written before any shard, reused on resume):
+   multinomial logistic regression (``tedloc.pipeline.cam``) on the pooled vectors of
+   *every* selected image, gathered in split order from the staging files (N × c float32,
+   small); images of other parts that are not staged (yet) are encoded for their pooled
+   vector only, so processes never wait on each other.  Written with exclusive creation so
+   that one file wins and every process reads that one.  Fit for every method: the CAM
+   baseline of the evaluate stage uses it.
+3. **Maps**: CAM of the GT class from each staged grid (no encoder), min–max to [0, 1];
+   pseudo box from the map upsampled to S×S at ``box_threshold``; written as final shards
+   of about ``shard_size`` images (whole staging files each); a staging file is deleted once
+   the shard holding its images is on disk.
+4. **Manifest**: written by the process that finds every image done, with, when the split
+   has GT boxes, the maps' MaxBoxAccV2 against them as a *diagnostic* (the GT is never used
+   to make the pseudo-labels); then ``encoded/`` is removed.
+
+**Two-pass fallback.**  Grids are staged when the final shards cache them anyway, or when
+this part's grids (``n · h · w · c · 2`` bytes, no flips) fit ``cache_budget_gb``; otherwise
+(and always for ``clip-es``, whose maps need a forward with gradients) step 1 stages only the
+pooled vectors and step 3 decodes and encodes the images again (one forward of
+``[images; flipped]`` per batch when flipped grids are cached, plus CLIP-ES's own).
 
 ``cache_features="auto"`` caches while ``N · h · w · c · 2 bytes`` (×2 with flips) fits
 ``cache_budget_gb``.  Identity: the hashed config fields plus the selected images' ids and
@@ -40,14 +53,20 @@ from tedloc.artifacts.pseudo_labels import (
     FORMAT_VERSION,
     STAGE_DIR,
     SUPPORTED_VERSIONS,
+    EncodedFile,
+    encoded_path,
     read_classifier,
+    read_encoded,
+    remove_encoded,
+    scan_encoded,
     write_classifier_once,
+    write_encoded,
 )
-from tedloc.artifacts.store import ArtifactHeader, ShardedReader, ShardedWriter
+from tedloc.artifacts.store import ArtifactHeader, ShardedReader, ShardedWriter, shard_of
 from tedloc.config import hash_json
 from tedloc.configs.pseudo_labels import Config
 from tedloc.data.records import Dataset, Record
-from tedloc.errors import ConfigError, ConfigMismatchError, InputError
+from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
 from tedloc.pipeline import cam as cam_ops
 from tedloc.pipeline.image_encoders import (
     ImageEncoder,
@@ -59,9 +78,11 @@ from tedloc.pipeline.image_loader import make_image_loader
 
 log = logging.getLogger(__name__)
 
-#: Called after every batch of maps with the number of images computed so far in this run
-#: (tests use it to interrupt a run).  None in normal use.
+#: Called after every batch of maps (step 3) with the number of images done so far in this
+#: run (tests use it to interrupt a run).  None in normal use.
 AFTER_BATCH_HOOK: Callable[[int], None] | None = None
+#: The same after every staged batch of step 1 (encode).
+AFTER_ENCODE_HOOK: Callable[[int], None] | None = None
 DIAGNOSTIC_SIZE = 224
 
 
@@ -126,44 +147,177 @@ def resolve_cache(config: Config, num_images: int, encoder: ImageEncoder) -> tup
     return False, False
 
 
-# ----------------------------------------------------------------------------- classifier
+def resolve_staging(config: Config, method: str, num_images: int, encoder: ImageEncoder, *,
+                    has_features: bool, has_flip: bool) -> tuple[bool, bool]:
+    """(stage grids, stage flipped grids) for step 1 of ``num_images`` (this part's images).
 
-def pooled_features(encoder: ImageEncoder, dataset: Dataset, records: Sequence[Record], *,
-                    config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (N', c) pooled features and int64 (N',) labels of the readable images."""
+    (False, False) is the two-pass fallback: only pooled vectors are staged and the maps
+    step encodes the images again (see the module docstring).
+    """
+    if method != "cam":
+        return False, False
+    if has_features:  # the shards hold the grids anyway: staging them costs no extra budget
+        return True, has_flip
+    size = feature_cache_bytes(num_images, encoder, flip=False)
+    if size <= config.cache_budget_gb * 1e9:
+        return True, False
+    log.warning("two passes of the encoder: staging this part's grids (about %.1f GB for %d images) "
+                "is over cache_budget_gb=%g", size / 1e9, num_images, config.cache_budget_gb)
+    return False, False
+
+
+def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """ONE encoder forward of uint8 (B, S, S, 3) images, and of their horizontal flips when
+    ``with_flip`` (batched together as 2B).
+
+    Returns (pooled float32 (B, c), grid float32 (B, h, w, c), flipped grid or None), on
+    the encoder's device.
+    """
+    x = encoder.normalize(pixels)
+    b = len(x)
+    if with_flip:
+        x = torch.cat([x, x.flip(-1)])
+    with torch.inference_mode():
+        out = encoder(x)
+    return out.pooled[:b], out.grid[:b], (out.grid[b:] if with_flip else None)
+
+
+def cam_from_grid(grid: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """float32 (B, h, w) CAM of ``labels`` in [0, 1] from a (B, h, w, c) grid.
+
+    The grid is rounded to float16 first, so that a map is the CAM of exactly the features
+    the artifact caches, and the same whether it came from a staged grid or a fresh forward.
+    """
+    grid = grid.to(torch.float16).float()
+    return cam_ops.minmax_normalize(cam_ops.class_activation_maps(grid, weight, labels))
+
+
+# ----------------------------------------------------------------------------- step 1: encode
+
+_STAGED_ALWAYS = ("label", "image_size", "pooled")
+
+
+def staged_contents(stage_grid: bool, stage_flip: bool) -> set[str]:
+    """Names of the arrays step 1 stages per image."""
+    return set(_STAGED_ALWAYS) | ({"features"} if stage_grid else set()) | (
+        {"features_flip"} if stage_flip else set())
+
+
+def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: list[Record],
+            directory: Path, header: ArtifactHeader, *, part: int, num_parts: int, first_seq: int,
+            stage_grid: bool, stage_flip: bool) -> list[EncodedFile]:
+    """Step 1 over ``records``: one staging file per batch; returns their index entries."""
+    h, w = encoder.grid
+    c = encoder.feature_dim
     loader = make_image_loader(dataset, records, input_size=encoder.input_size,
                                batch_size=config.batch_size, num_workers=config.num_workers,
                                on_bad_image=config.on_bad_image)
-    feats, labels = [], []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="pseudo-labels: pooled features", unit="batch"):
-            if len(batch) == 0:
-                continue
-            feats.append(encoder(encoder.normalize(batch.pixels)).pooled.float().cpu().numpy())
-            labels.append(batch.labels)
-    if not feats:
+    files: list[EncodedFile] = []
+    done = 0
+    for seq, batch in enumerate(tqdm(loader, desc="pseudo-labels: encode", unit="batch"), start=first_seq):
+        if batch.bad:
+            log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
+        n = len(batch)
+        arrays: dict[str, np.ndarray] = {"label": batch.labels.astype(np.int64),
+                                         "image_size": batch.sizes.astype(np.int32)}
+        if n:
+            pooled, grid, flip_grid = encode_batch(encoder, batch.pixels, with_flip=stage_flip)
+            arrays["pooled"] = pooled.float().cpu().numpy()
+            if stage_grid:
+                arrays["features"] = grid.to(torch.float16).cpu().numpy()
+            if flip_grid is not None:
+                arrays["features_flip"] = flip_grid.to(torch.float16).cpu().numpy()
+        else:  # every image of the batch was unreadable: empty arrays of the right shapes
+            arrays["pooled"] = np.zeros((0, c), np.float32)
+            for name in staged_contents(stage_grid, stage_flip) - set(_STAGED_ALWAYS):
+                arrays[name] = np.zeros((0, h, w, c), np.float16)
+        path = write_encoded(encoded_path(directory, part, num_parts, seq), header, batch.ids, arrays,
+                             skipped=batch.bad)
+        files.append(EncodedFile(path=path, part=part, num_parts=num_parts, seq=seq, ids=list(batch.ids),
+                                 skipped=dict(batch.bad), contents=tuple(sorted(arrays))))
+        done += n + len(batch.bad)
+        if AFTER_ENCODE_HOOK is not None:
+            AFTER_ENCODE_HOOK(done)
+    return files
+
+
+# ----------------------------------------------------------------------------- step 2: classifier
+
+def pooled_features(encoder: ImageEncoder, dataset: Dataset, records: Sequence[Record], *,
+                    config: Config) -> dict[str, np.ndarray]:
+    """id -> float32 (c,) pooled feature of the readable ``records`` (an encoder pass)."""
+    loader = make_image_loader(dataset, records, input_size=encoder.input_size,
+                               batch_size=config.batch_size, num_workers=config.num_workers,
+                               on_bad_image=config.on_bad_image)
+    out: dict[str, np.ndarray] = {}
+    for batch in tqdm(loader, desc="pseudo-labels: pooled features", unit="batch"):
+        if len(batch):
+            pooled, _, _ = encode_batch(encoder, batch.pixels, with_flip=False)
+            out.update(zip(batch.ids, pooled.float().cpu().numpy(), strict=True))
+    return out
+
+
+def gather_pooled(encoder: ImageEncoder, dataset: Dataset, records: Sequence[Record],
+                  staged: Sequence[EncodedFile], *, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (N', c) pooled features and int64 (N',) labels of the readable ``records``, in
+    split order (so the fit is the same however the staging files happen to be laid out).
+
+    Read from the staging files of every part; images no file holds (another part's, not
+    staged yet) are encoded here for their pooled vector only.  A staging file that vanished
+    meanwhile (its part finished) raises FileNotFoundError: the classifier exists by then.
+    """
+    where: dict[str, tuple[int, int]] = {}
+    unreadable: set[str] = set()
+    for k, entry in enumerate(staged):
+        for row, image_id in enumerate(entry.ids):
+            where.setdefault(image_id, (k, row))
+        unreadable.update(entry.skipped)
+    missing = [r for r in records if r.image_id not in where and r.image_id not in unreadable]
+    vectors: dict[str, np.ndarray] = {}
+    if missing:
+        log.info("encoding %d images of other parts (not staged yet) for their pooled vector", len(missing))
+        vectors = pooled_features(encoder, dataset, missing, config=config)
+    needed = sorted({where[r.image_id][0] for r in records if r.image_id in where})
+    for k in needed:
+        if not staged[k].path.exists():
+            raise FileNotFoundError(staged[k].path)
+        pooled = read_encoded(staged[k].path, ["pooled"])["pooled"]
+        for row, image_id in enumerate(staged[k].ids):
+            if where[image_id] == (k, row):
+                vectors[image_id] = pooled[row]
+    chosen = [r for r in records if r.image_id in vectors]
+    if not chosen:
         raise InputError(dataset.spec, "no readable training image to fit the CAM classifier")
-    return np.concatenate(feats), np.concatenate(labels)
+    features = np.stack([vectors[r.image_id] for r in chosen]).astype(np.float32)
+    return features, np.asarray([r.label for r in chosen], np.int64)
 
 
 def get_classifier(directory: Path, header: ArtifactHeader, encoder: ImageEncoder, dataset: Dataset,
-                   records: Sequence[Record], config: Config) -> tuple[np.ndarray, np.ndarray, dict]:
+                   records: Sequence[Record], config: Config, staged: Sequence[EncodedFile]
+                   ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(weight (C, c), bias (C,), attrs) from ``cam_classifier.h5``, fitting it first if absent."""
     path = directory / CLASSIFIER_FILE
     if not path.exists():
-        features, labels = pooled_features(encoder, dataset, records, config=config)
-        fitted = cam_ops.fit_linear_classifier(
-            features, labels, dataset.num_classes, weight_decay=config.classifier_weight_decay,
-            max_iter=config.classifier_max_iter, holdout=config.classifier_holdout,
-            refit_all=config.classifier_refit_all, seed=config.seed)
-        attrs = {"holdout_accuracy": -1.0 if fitted.holdout_accuracy is None else fitted.holdout_accuracy,
-                 "train_accuracy": fitted.train_accuracy, "num_images": len(labels),
-                 "encoder": encoder.spec, "input_size": encoder.input_size}
-        created = write_classifier_once(path, header, fitted.weight, fitted.bias, attrs)
-        log.info("CAM classifier on %d pooled %d-d features: held-out accuracy %s, train accuracy %.3f%s",
-                 len(labels), features.shape[1],
-                 "n/a" if fitted.holdout_accuracy is None else f"{fitted.holdout_accuracy:.3f}",
-                 fitted.train_accuracy, "" if created else " (another process's file is used)")
+        try:
+            features, labels = gather_pooled(encoder, dataset, records, staged, config=config)
+        except (FileNotFoundError, ArtifactError):
+            if not path.exists():
+                raise
+            features = None  # another part finished with the classifier written: use it
+        if features is not None:
+            fitted = cam_ops.fit_linear_classifier(
+                features, labels, dataset.num_classes, weight_decay=config.classifier_weight_decay,
+                max_iter=config.classifier_max_iter, holdout=config.classifier_holdout,
+                refit_all=config.classifier_refit_all, seed=config.seed)
+            attrs = {"holdout_accuracy": -1.0 if fitted.holdout_accuracy is None else fitted.holdout_accuracy,
+                     "train_accuracy": fitted.train_accuracy, "num_images": len(labels),
+                     "encoder": encoder.spec, "input_size": encoder.input_size}
+            created = write_classifier_once(path, header, fitted.weight, fitted.bias, attrs)
+            log.info("CAM classifier on %d pooled %d-d features: held-out accuracy %s, train accuracy %.3f%s",
+                     len(labels), features.shape[1],
+                     "n/a" if fitted.holdout_accuracy is None else f"{fitted.holdout_accuracy:.3f}",
+                     fitted.train_accuracy, "" if created else " (another process's file is used)")
     classifier = read_classifier(path)
     if classifier.identity != header.identity:
         raise ConfigMismatchError(
@@ -172,15 +326,18 @@ def get_classifier(directory: Path, header: ArtifactHeader, encoder: ImageEncode
     return classifier.weight, classifier.bias, classifier.attrs
 
 
-# ----------------------------------------------------------------------------- maps
+# ----------------------------------------------------------------------------- step 3: maps
 
 class _ShardBuffer:
-    """Accumulates per-image rows and writes a shard every ``shard_size`` images."""
+    """Accumulates per-image rows and writes a shard every ``shard_size`` images (whole
+    batches: a batch is never split across shards); ``on_flush`` runs after each shard."""
 
-    def __init__(self, writer: ShardedWriter, shard_size: int, dataset_attrs: dict[str, dict[str, Any]]):
+    def __init__(self, writer: ShardedWriter, shard_size: int, dataset_attrs: dict[str, dict[str, Any]],
+                 on_flush: Callable[[], None] | None = None):
         self.writer = writer
         self.shard_size = shard_size
         self.dataset_attrs = dataset_attrs
+        self.on_flush = on_flush
         self.ids: list[str] = []
         self.rows: dict[str, list[np.ndarray]] = {}
         self.skipped: dict[str, str] = {}
@@ -199,23 +356,100 @@ class _ShardBuffer:
         arrays = {key: np.concatenate(parts) for key, parts in self.rows.items()}
         self.writer.write_shard(self.ids, arrays, skipped=self.skipped, dataset_attrs=self.dataset_attrs)
         self.ids, self.rows, self.skipped = [], {}, {}
+        if self.on_flush is not None:
+            self.on_flush()
+
+
+class _StagingJanitor:
+    """Deletes this part's staging files, in order, once every image of theirs is in a
+    final shard (the shard is on disk first, so a kill in between loses nothing)."""
+
+    def __init__(self, files: Sequence[EncodedFile], writer: ShardedWriter):
+        self.files = sorted(files, key=lambda f: f.seq)
+        self.writer = writer
+        self._next = 0
+
+    def sweep(self) -> None:
+        done = self.writer.done_ids()
+        while self._next < len(self.files):
+            entry = self.files[self._next]
+            if not (set(entry.ids) | set(entry.skipped)) <= done:
+                break
+            entry.path.unlink(missing_ok=True)
+            self._next += 1
+
+
+def _dataset_attrs(config: Config, encoder: ImageEncoder, method: str) -> dict[str, dict[str, Any]]:
+    h, w = encoder.grid
+    size = encoder.input_size
+    return {
+        "cam": {"grid": [h, w], "range": "[0, 1] min-max per image", "method": method},
+        "pseudo_box": {"box_format": "x0y0x1y1", "size": [size, size], "threshold": config.box_threshold},
+        "image_size": {"layout": "width,height"},
+        "features": {"layout": "h,w,c", "input_size": size, "encoder": encoder.spec},
+        "features_flip": {"layout": "h,w,c", "input_size": size, "flipped": "horizontal"},
+    }
+
+
+def _map_rows(config: Config, encoder: ImageEncoder, maps: torch.Tensor, labels: np.ndarray,
+              sizes: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-image rows of the final shards from float32 (B, h, w) maps."""
+    up = cam_ops.upsample_maps(maps, encoder.input_size).cpu().numpy()
+    return {
+        "label": labels.astype(np.int64),
+        "image_size": sizes.astype(np.int32),
+        "cam": maps.cpu().numpy().astype(np.float16),
+        "pseudo_box": cam_ops.pseudo_boxes(up, config.box_threshold),
+    }
+
+
+def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[EncodedFile],
+                      pending: set[str], writer: ShardedWriter, *, method: str, weight: np.ndarray,
+                      has_features: bool, has_flip: bool) -> None:
+    """Step 3 without the encoder: CAMs from the staged grids, final shards, staging cleanup."""
+    janitor = _StagingJanitor(files, writer)
+    buffer = _ShardBuffer(writer, config.shard_size, _dataset_attrs(config, encoder, method),
+                          on_flush=janitor.sweep)
+    weight_t = torch.as_tensor(weight, device=encoder.device)
+    names = ["label", "image_size", "features"] + (["features_flip"] if has_flip else [])
+    done = 0
+    for entry in tqdm(sorted(files, key=lambda f: f.seq), desc="pseudo-labels: maps", unit="batch"):
+        rows = [row for row, image_id in enumerate(entry.ids) if image_id in pending]
+        skipped = {k: v for k, v in entry.skipped.items() if k in pending}
+        arrays: dict[str, np.ndarray] = {}
+        if rows:
+            staged = read_encoded(entry.path, names)
+            if len(rows) < len(entry.ids):
+                staged = {k: v[rows] for k, v in staged.items()}
+            labels = torch.as_tensor(staged["label"], device=encoder.device)
+            grid = torch.from_numpy(staged["features"]).to(encoder.device)
+            arrays = _map_rows(config, encoder, cam_from_grid(grid, weight_t, labels),
+                               staged["label"], staged["image_size"])
+            if has_features:
+                arrays["features"] = staged["features"]
+            if has_flip:
+                arrays["features_flip"] = staged["features_flip"]
+        buffer.add([entry.ids[row] for row in rows], arrays, skipped)
+        done += len(rows) + len(skipped)
+        if AFTER_BATCH_HOOK is not None:
+            AFTER_BATCH_HOOK(done)
+    buffer.flush()
+    janitor.sweep()
 
 
 def compute_maps(encoder: ImageEncoder, pixels: torch.Tensor, labels: torch.Tensor, *, method: str,
                  weight: torch.Tensor, clip_es, want_grid: bool, want_flip: bool
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(maps float32 (B, h, w) in [0, 1], grid or None, flipped grid or None) for one batch."""
+    """Two-pass fallback, one batch of uint8 (B, S, S, 3) ``pixels``: (maps float32 (B, h, w)
+    in [0, 1], grid or None, flipped grid or None).  Grid and flipped grid come from ONE
+    forward of ``[images; flipped]``; CLIP-ES adds its own forward with gradients."""
     grid = flip_grid = None
     if method == "cam" or want_grid:
-        with torch.inference_mode():
-            grid = encoder(pixels).grid
+        _, grid, flip_grid = encode_batch(encoder, pixels, with_flip=want_flip)
     if method == "cam":
-        maps = cam_ops.minmax_normalize(cam_ops.class_activation_maps(grid, weight, labels))
+        maps = cam_from_grid(grid, weight, labels)
     else:
-        maps = clip_es.maps(pixels, labels)
-    if want_flip:
-        with torch.inference_mode():
-            flip_grid = encoder(pixels.flip(-1)).grid
+        maps = clip_es.maps(encoder.normalize(pixels), labels)
     return maps, grid if want_grid else None, flip_grid
 
 
@@ -245,27 +479,60 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                            supported_versions=SUPPORTED_VERSIONS)
     with writer:
         if writer.open(overwrite=overwrite):
+            remove_encoded(directory)  # left by a kill between the manifest and the cleanup
             log.info("pseudo-labels: %s is up to date (hash %s); nothing to do", directory, header.identity)
             return writer.manifest_path
         if encoder is None:
             encoder = build_image_encoder(config.encoder, input_size=config.input_size or None, device=device)
         has_features, has_flip = resolve_cache(config, len(records), encoder)
-        weight, bias, clf_attrs = get_classifier(directory, header, encoder, dataset, records, config)
+        part_size = sum(1 for i in all_ids if shard_of(i, num_shards) == shard_index)
+        stage_grid, stage_flip = resolve_staging(config, method, part_size, encoder,
+                                                 has_features=has_features, has_flip=has_flip)
         pending = writer.pending(all_ids)
-        log.info("pseudo-labels (%s, %s, grid %s, c=%d): %d of %d images to do in part %d/%d",
-                 method, encoder.spec, encoder.grid, encoder.feature_dim, len(pending), len(all_ids),
+        pending_set = set(pending)
+        log.info("pseudo-labels (%s, %s, grid %s, c=%d, %s): %d of %d images to do in part %d/%d",
+                 method, encoder.spec, encoder.grid, encoder.feature_dim,
+                 "one encoder pass" if stage_grid else "two encoder passes", len(pending), len(all_ids),
                  shard_index, num_shards)
-        if pending:
-            pending_set = set(pending)
+
+        # Staging files: this part's that still serve (right contents, images not in a shard
+        # yet) are reused; the rest of this part's are spent.  Other parts' serve the fit.
+        wanted = staged_contents(stage_grid, stage_flip)
+        own: list[EncodedFile] = []
+        others: list[EncodedFile] = []
+        for entry in scan_encoded(directory, header.identity, overwrite=overwrite):
+            if (entry.part, entry.num_parts) != (shard_index, num_shards):
+                others.append(entry)
+            elif wanted <= set(entry.contents) and pending_set & (set(entry.ids) | set(entry.skipped)):
+                own.append(entry)
+            else:
+                log.info("deleting the spent staging file %s", entry.path)
+                entry.path.unlink(missing_ok=True)
+        staged_ids = {i for entry in own for i in (*entry.ids, *entry.skipped)}
+        to_encode = [r for r in records if r.image_id in pending_set and r.image_id not in staged_ids]
+        # The two-pass fallback stages pooled vectors for the fit only: not needed once it exists.
+        if to_encode and (stage_grid or not (directory / CLASSIFIER_FILE).exists()):
+            first_seq = max((entry.seq for entry in own), default=-1) + 1
+            own += _encode(config, encoder, dataset, to_encode, directory, header, part=shard_index,
+                           num_parts=num_shards, first_seq=first_seq, stage_grid=stage_grid,
+                           stage_flip=stage_flip)
+        weight, bias, clf_attrs = get_classifier(directory, header, encoder, dataset, records, config,
+                                                 staged=own + others)
+        if pending and stage_grid:
+            _maps_from_staged(config, encoder, own, pending_set, writer, method=method, weight=weight,
+                              has_features=has_features, has_flip=has_flip)
+        elif pending:
             _compute(config, encoder, dataset, [r for r in records if r.image_id in pending_set],
-                     writer, method=method, weight=weight, has_features=has_features, has_flip=has_flip)
+                     writer, method=method, weight=weight, has_features=has_features, has_flip=has_flip,
+                     staged=own)
         return _finish(config, writer, dataset, records, encoder, method=method,
                        has_features=has_features, has_flip=has_flip, clf_attrs=clf_attrs)
 
 
 def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: list[Record],
              writer: ShardedWriter, *, method: str, weight: np.ndarray, has_features: bool,
-             has_flip: bool) -> None:
+             has_flip: bool, staged: Sequence[EncodedFile]) -> None:
+    """Step 3 of the two-pass fallback: decode and encode ``records`` again for their maps."""
     clip_es = None
     if method == "clip-es":
         from tedloc.pipeline.clip_es import ClipES
@@ -274,37 +541,24 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
                          backgrounds=config.clip_es_backgrounds, refine=config.clip_es_refine,
                          attention_layers=config.clip_es_attention_layers,
                          refine_threshold=config.clip_es_refine_threshold)
-    h, w = encoder.grid
-    size = encoder.input_size
-    dataset_attrs = {
-        "cam": {"grid": [h, w], "range": "[0, 1] min-max per image", "method": method},
-        "pseudo_box": {"box_format": "x0y0x1y1", "size": [size, size], "threshold": config.box_threshold},
-        "image_size": {"layout": "width,height"},
-        "features": {"layout": "h,w,c", "input_size": size, "encoder": encoder.spec},
-        "features_flip": {"layout": "h,w,c", "input_size": size, "flipped": "horizontal"},
-    }
-    buffer = _ShardBuffer(writer, config.shard_size, dataset_attrs)
+    janitor = _StagingJanitor(staged, writer)
+    buffer = _ShardBuffer(writer, config.shard_size, _dataset_attrs(config, encoder, method),
+                          on_flush=janitor.sweep)
     weight_t = torch.as_tensor(weight, device=encoder.device)
-    loader = make_image_loader(dataset, records, input_size=size, batch_size=config.batch_size,
-                               num_workers=config.num_workers, on_bad_image=config.on_bad_image)
+    loader = make_image_loader(dataset, records, input_size=encoder.input_size,
+                               batch_size=config.batch_size, num_workers=config.num_workers,
+                               on_bad_image=config.on_bad_image)
     done = 0
     for batch in tqdm(loader, desc="pseudo-labels: maps", unit="batch"):
         if batch.bad:
             log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
         arrays: dict[str, np.ndarray] = {}
         if len(batch):
-            pixels = encoder.normalize(batch.pixels)
             labels = torch.as_tensor(batch.labels, device=encoder.device)
-            maps, grid, flip_grid = compute_maps(encoder, pixels, labels, method=method, weight=weight_t,
-                                                 clip_es=clip_es, want_grid=has_features,
-                                                 want_flip=has_flip)
-            up = cam_ops.upsample_maps(maps, size).cpu().numpy()
-            arrays = {
-                "label": batch.labels.astype(np.int64),
-                "image_size": batch.sizes.astype(np.int32),
-                "cam": maps.cpu().numpy().astype(np.float16),
-                "pseudo_box": cam_ops.pseudo_boxes(up, config.box_threshold),
-            }
+            maps, grid, flip_grid = compute_maps(encoder, batch.pixels, labels, method=method,
+                                                 weight=weight_t, clip_es=clip_es,
+                                                 want_grid=has_features, want_flip=has_flip)
+            arrays = _map_rows(config, encoder, maps, batch.labels, batch.sizes)
             if grid is not None:
                 arrays["features"] = grid.to(torch.float16).cpu().numpy()
             if flip_grid is not None:
@@ -314,6 +568,7 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
         if AFTER_BATCH_HOOK is not None:
             AFTER_BATCH_HOOK(done)
     buffer.flush()
+    janitor.sweep()
 
 
 # ----------------------------------------------------------------------------- finish
@@ -384,4 +639,7 @@ def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Se
         "diagnostic": diagnostic,
     }
     path = writer.finish(all_ids, extra=extra)
-    return path if path is not None else writer.directory
+    if path is None:
+        return writer.directory
+    remove_encoded(writer.directory)  # after the manifest: a kill before this loses nothing
+    return path
