@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from tedloc.data.records import Dataset, Problems, strict_if_none
@@ -51,7 +52,8 @@ def open_dataset(spec: str, split: str, *, problems: Problems | None = None) -> 
         from tedloc.data.demo import demo_root
         from tedloc.data.wsol import read_wsol
 
-        return read_wsol(demo_root(), split, problems=problems)
+        # Keep the spec "demo" (not the install path) so artifacts stay valid where tedloc moves.
+        return dataclasses.replace(read_wsol(demo_root(), split, problems=problems), spec="demo")
     if kind == "hf":
         from tedloc.data.hf import read_hf
 
