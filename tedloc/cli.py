@@ -14,6 +14,7 @@ import functools
 import importlib
 import inspect
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -73,6 +74,21 @@ def main_callback(
                             workdir_given=workdir is not None or run != "default")
 
 
+#: OS errors about the disk or the workdir, reported in one line (others keep their traceback).
+_DISK_ERRORS = {errno.ENOSPC: "free some space, then rerun: finished shards are kept and the run resumes",
+                errno.EDQUOT: "free some space, then rerun: finished shards are kept and the run resumes",
+                errno.EROFS: "is the workdir writable? (choose another with --workdir)",
+                errno.EACCES: "is the workdir writable? (choose another with --workdir)",
+                errno.EPERM: "is the workdir writable? (choose another with --workdir)"}
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``FILE: reason; hint`` on one line (HDF5's messages span several lines)."""
+    where = exc.filename or "workdir"
+    reason = os.strerror(exc.errno) if exc.errno else " ".join(str(exc.strerror).split())
+    return f"{where}: {reason}; {_DISK_ERRORS[exc.errno]}"
+
+
 def reports_errors(func):
     """Turn tedloc's errors (and a full disk) into a one-line message and exit code 1."""
 
@@ -84,9 +100,8 @@ def reports_errors(func):
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-                where = exc.filename or "workdir"
-                typer.echo(f"error: {where}: {exc.strerror}", err=True)
+            if exc.errno in _DISK_ERRORS:
+                typer.echo(f"error: {_os_error_line(exc)}", err=True)
                 raise typer.Exit(1) from None
             raise
         except KeyboardInterrupt:

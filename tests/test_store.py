@@ -53,16 +53,27 @@ def test_tmp_shard_left_by_crash_is_ignored_and_redone(tmp_path):
     # writing the next one, as a SIGKILL would.
     proc = python(f"""
         import os, numpy as np
-        from tedloc.artifacts.atomic import atomic_h5
+        from tedloc.artifacts import atomic
         from tedloc.artifacts.store import ArtifactHeader, ShardedWriter
         head = ArtifactHeader(format={FORMAT!r}, format_version=1, config={{"k": "h1"}}, config_hash="h1")
         w = ShardedWriter({str(stage)!r}, head)
         w.open()
         w.write_shard(["a", "b"], {{"x": np.array([97, 98]), "m": np.ones((2, 3, 3), np.float16)}})
-        with atomic_h5(w.shard_dir / "part000of001-00001.h5") as h:
-            h.create_dataset("image_ids", data=np.array(["c", "d"], dtype=object))
-            h.flush()
-            os._exit(9)
+
+        class DiesHalfway:  # the file atomic_h5 writes the HDF5 bytes to
+            def __init__(self, path, mode):
+                self.handle = open(path, mode)
+            def __enter__(self):
+                return self
+            def __exit__(self, *exc):
+                pass
+            def write(self, data):
+                self.handle.write(bytes(data)[: len(data) // 2])
+                self.handle.flush()
+                os._exit(9)
+
+        atomic.open = DiesHalfway
+        w.write_shard(["c", "d"], {{"x": np.array([99, 100]), "m": np.ones((2, 3, 3), np.float16)}})
     """)
     assert proc.wait(timeout=60) == 9
     leftovers = list((stage / "shards").glob("*.tmp"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ def commit_tmp(tmp: Path, final: Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it replaces ``path`` atomically.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched.  An OS
+    error that names no file (a full disk while writing, HDF5's several-line messages) is
+    raised again as ``OSError(errno, strerror, path)``, so that it can be reported in one
+    line naming the file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +66,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         commit_tmp(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        cleaned = _clean_os_error(exc, path)
+        if cleaned is exc:
+            raise
+        raise cleaned from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -70,10 +81,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
-    """Open a new HDF5 file for writing that appears at ``path`` only once closed."""
+    """Open a new HDF5 file for writing that appears at ``path`` only once closed.
+
+    The file is built in memory (HDF5's ``core`` driver, nothing on disk) and its bytes are
+    then written with plain Python I/O.  HDF5 itself never writes to the disk because on
+    a full disk it fails inside object destructors, where the error can only be printed,
+    and its retries at exit crash the interpreter; a plain write raises a clean ``OSError``
+    (ENOSPC) that is reported in one line.  Cost: the file's size in memory while written
+    (shards are written whole anyway).
+    """
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as handle:
+        handle = h5py.File(str(tmp), "w", driver="core", backing_store=False)
+        try:
             yield handle
+            handle.flush()
+            image = handle.id.get_file_image()
+        finally:
+            handle.close()
+        with open(tmp, "wb") as out:
+            out.write(image)
+
+
+def _clean_os_error(exc: OSError, path: Path) -> OSError:
+    """``exc`` with a one-line message naming ``path`` when it carries an errno, else ``exc``."""
+    if exc.filename is not None:  # names its own file already (raised by other code in the block)
+        return exc
+    code = exc.errno
+    if code is None:  # h5py sometimes only states the errno inside its message
+        match = re.search(r"errno = (\d+)", str(exc))
+        code = int(match.group(1)) if match else None
+    if code is None:
+        return exc
+    # OSError(errno, ...) builds the matching subclass (PermissionError for EACCES, ...).
+    return OSError(code, os.strerror(code), str(path))
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from tedloc.artifacts.atomic import TMP_SUFFIX
-from tedloc.artifacts.store import MANIFEST, SHARD_DIR
+from tedloc.artifacts.store import MANIFEST, SHARD_DIR, check_format
 from tedloc.errors import ArtifactError, TedlocError
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,16 @@ def _decode(value: Any) -> Any:
 def _short(value: Any, limit: int = 100) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: ``format_version`` values this tedloc reads; any other is refused rather than misdescribed.
+SUPPORTED_VERSIONS = (1,)
+
+
+def _check_version(where: Path, fmt: Any, version: Any) -> None:
+    """Refuse a tedloc artifact of an unknown ``format_version`` (other files pass)."""
+    if isinstance(fmt, str) and fmt.startswith("tedloc."):
+        check_format(where, fmt, version, fmt, SUPPORTED_VERSIONS)
 
 
 def _is_stage_dir(path: Path) -> bool:
@@ -77,6 +87,7 @@ def _describe_h5(path: Path, indent: str = "", *, root_attrs: bool = True) -> st
         raise ArtifactError(f"{path}: not a readable HDF5 file ({exc})") from None
     lines = [f"{indent}{path.name}"]
     with handle:
+        _check_version(path, _decode(handle.attrs.get("format")), _decode(handle.attrs.get("format_version")))
         attrs = {k: _decode(v) for k, v in handle.attrs.items()} if root_attrs else {}
         config = attrs.pop("config_json", None)
         for key in sorted(attrs):
@@ -120,6 +131,8 @@ def _describe_stage(stage: Path) -> str:
             manifest = json.loads((stage / MANIFEST).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             lines.append(f"  manifest.json: unreadable ({exc})")
+    if isinstance(manifest, dict):
+        _check_version(stage / MANIFEST, manifest.get("format"), manifest.get("format_version"))
     finished = bool(manifest and manifest.get("complete"))
     lines.append(f"  finished: {'yes' if finished else 'no (no manifest; resumable)'}")
     if manifest:

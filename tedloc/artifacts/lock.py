@@ -78,8 +78,13 @@ class StageLock:
                     "wait for it to finish (or delete this file if that process is gone)"
                 ) from None
             else:
-                with os.fdopen(fd, "w") as handle:
-                    json.dump(me, handle)
+                try:
+                    with os.fdopen(fd, "w") as handle:
+                        json.dump(me, handle)
+                except OSError as exc:  # a full disk: leave no empty lock behind, name the file
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
+                    raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
                 break
         else:
             raise WorkdirLockedError(f"{self.path}: could not acquire the lock")

@@ -20,10 +20,10 @@ import numpy as np
 
 from tedloc.errors import InputError
 
-# OpenCV logs a warning line to stderr for every damaged file it is given; the errors
-# raised here already name the file and the problem, so keep only OpenCV's errors.
+# OpenCV logs its own lines to stderr for every damaged file it is given (at warning and
+# error level); the errors raised here already name the file and the problem in one line.
 try:
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 except AttributeError:  # builds without the logging module
     pass
 

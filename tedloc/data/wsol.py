@@ -140,6 +140,9 @@ def read_wsol(root: str | Path, split: str, *, metadata: str | Path | None = Non
             problems.report(labels_file, f"label {label} of {image_id!r} is outside 0..{len(class_names) - 1}",
                             label_line)
             continue
+        if image_id in sizes and _boxes_outside(image_id, boxes.get(image_id, []), box_lines.get(image_id, []),
+                                                sizes[image_id], loc_file, problems):
+            continue
         mask_paths = tuple(masks.get(image_id, ()))
         records.append(Record(
             image_id=image_id,
@@ -156,3 +159,21 @@ def read_wsol(root: str | Path, split: str, *, metadata: str | Path | None = Non
         image_where={i: Where(str(ids_file), line) for i, line in seen.items()},
         box_where={i: [Where(str(loc_file), line) for line in lines] for i, lines in box_lines.items()},
     )
+
+
+def _boxes_outside(image_id: str, boxes: list[list[float]], lines: list[int], size: tuple[int, int],
+                   loc_file: Path, problems: Problems) -> bool:
+    """Report the boxes of ``image_id`` that leave its ``size`` = (width, height) image.
+
+    Inclusive corners may reach ``width - 1``; ``width`` itself is tolerated, as in
+    ``tedloc data check`` (x + w of CUB-style boxes).  Returns whether any box was bad.
+    """
+    width, height = size
+    bad = False
+    for box, line_no in zip(boxes, lines, strict=True):
+        x0, y0, x1, y1 = box
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            problems.report(loc_file, f"box {box} of {image_id!r} is outside the {width}x{height} image "
+                                      "(size from image_sizes.txt)", line_no)
+            bad = True
+    return bad

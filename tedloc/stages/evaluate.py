@@ -199,6 +199,7 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
             values.clear()
         skipped.clear()
 
+    by_id = {r.image_id: r for r in records}
     with tqdm(total=len(records), desc="evaluate: maps", unit="img") as bar:
         for batch in loader:
             skipped.update(batch.bad)
@@ -230,6 +231,7 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
                     buffer["class_logits"].append(logits[i])
                     buffer["label"].append(int(batch.labels[i]))
                     buffer["image_size"].append(batch.sizes[i])
+                    check_boxes_inside(dataset, by_id[image_id], tuple(int(v) for v in batch.sizes[i]))
                     if baseline is not None:
                         buffer["cam_map"].append(cam_map.astype(np.float16))
                         buffer["cam_class_logits"].append(cam_logits[i])
@@ -237,6 +239,20 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
             if len(buffer["ids"]) >= config.shard_size:
                 flush()
         flush()
+
+
+def check_boxes_inside(dataset: Dataset, record: Record, size: tuple[int, int]) -> None:
+    """Refuse a GT box (``x0y0x1y1`` pixels) that leaves the decoded ``size`` = (width, height)
+    image, naming the index line it came from (readers check this only where the index
+    states image sizes).  ``width`` itself is tolerated, as in ``tedloc data check``."""
+    width, height = size
+    wheres = dataset.box_where.get(record.image_id, [])
+    for k, (x0, y0, x1, y1) in enumerate(np.asarray(record.boxes, dtype=np.float64).tolist()):
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            where = wheres[k] if k < len(wheres) else dataset.image_where.get(record.image_id)
+            file, line = (where.file, where.line) if where else (str(record.path or dataset.spec), None)
+            raise InputError(file, f"box {[x0, y0, x1, y1]} of {record.image_id!r} is outside the "
+                                   f"{width}x{height} image", line)
 
 
 # ----------------------------------------------------------------------------- phase 2: report
