@@ -186,3 +186,26 @@ def test_skipped_ids_recorded_not_redone(tmp_path):
     with ShardedReader(stage, FORMAT) as reader:
         assert reader.skipped == {"d": "corrupt JPEG"}
         assert reader.manifest["num_images"] == 3
+
+
+def test_tmp_files_of_live_writers_are_left_alone(tmp_path):
+    """Processes sharing a stage directory must not delete each other's writes in progress."""
+    import subprocess
+    import sys
+
+    from tedloc.artifacts.atomic import remove_stale_tmp
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        live = tmp_path / f"part001of002-00000.h5.{sleeper.pid}.tmp"
+        dead = tmp_path / "part000of002-00000.h5.999999999.tmp"
+        unnamed = tmp_path / "leftover.tmp"
+        for path in (live, dead, unnamed):
+            path.write_bytes(b"x")
+        removed = remove_stale_tmp(tmp_path)
+        assert sorted(removed) == sorted([dead, unnamed])
+        assert live.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert remove_stale_tmp(tmp_path) == [live]

@@ -124,12 +124,30 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return path
 
 
+def _writer_pid(tmp: Path) -> int | None:
+    """The pid in a ``<name>.<pid>.tmp`` file name (see :func:`tmp_path_for`), if any."""
+    stem = tmp.name[: -len(TMP_SUFFIX)]
+    pid = stem.rsplit(".", 1)[-1]
+    return int(pid) if pid.isdigit() else None
+
+
 def remove_stale_tmp(directory: str | Path) -> list[Path]:
-    """Delete every ``*.tmp`` below ``directory`` (left by a killed writer); return them."""
+    """Delete the ``*.tmp`` files below ``directory`` left by writers that are gone; return them.
+
+    A temporary file of another live process (processes splitting one stage with
+    ``--num-shards`` share the directory) is left alone: it is that process's write in
+    progress, not debris.  Pids are only meaningful on this host, which is where a
+    shared-directory multi-process run writes from anyway.
+    """
+    from tedloc.artifacts.lock import _pid_alive
+
     directory = Path(directory)
     removed = []
     if directory.is_dir():
         for tmp in sorted(directory.rglob(f"*{TMP_SUFFIX}")):
+            pid = _writer_pid(tmp)
+            if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
                 removed.append(tmp)

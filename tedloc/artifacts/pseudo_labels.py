@@ -36,7 +36,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from tedloc.artifacts.atomic import atomic_h5, commit_tmp, tmp_path_for
+from tedloc.artifacts.atomic import TMP_SUFFIX, atomic_h5
 from tedloc.artifacts.store import (
     MANIFEST,
     ArtifactHeader,
@@ -92,24 +92,25 @@ def write_classifier_once(path: str | Path, header: ArtifactHeader, weight: np.n
     process then reads that one.
     """
     path = Path(path)
-    tmp = tmp_path_for(path)
+    # A finished candidate under a *.tmp name (cleaned up as debris if we are killed),
+    # then published by hard link, which fails when another process already published.
+    candidate = path.with_name(f"{path.name}.candidate.{os.getpid()}{TMP_SUFFIX}")
     try:
-        with h5py.File(tmp, "w") as handle:
+        with atomic_h5(candidate) as handle:
             write_header_attrs(handle, header)
             handle.attrs["format"] = CLASSIFIER_FORMAT
             for key, value in (attrs or {}).items():
                 handle.attrs[key] = value
             handle.create_dataset("weight", data=np.asarray(weight, np.float32))
             handle.create_dataset("bias", data=np.asarray(bias, np.float32))
-        commit_tmp(tmp, tmp)  # fsync
         try:
-            os.link(tmp, path)
+            os.link(candidate, path)
             return True
         except FileExistsError:
             return False
     finally:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            candidate.unlink()
 
 
 def read_classifier(workdir_or_path: str | Path) -> CamClassifier:
