@@ -46,7 +46,7 @@ STAGE_ARGS = {
     "text-embed": ["--dataset", "demo"],
     "pseudo-labels": ["--dataset", "demo", "--limit", "64", "--batch-size", "16", "--shard-size", "16"],
     "train": ["--epochs", "4"],
-    "evaluate": ["--limit", "32", "--batch-size", "8", "--num-overlays", "2"],
+    "evaluate": ["--limit", "32", "--batch-size", "8", "--shard-size", "8", "--num-overlays", "2"],
 }
 
 
