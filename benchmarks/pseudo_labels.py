@@ -38,6 +38,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import rss_tree_kb  # noqa: E402
+
 
 def synthetic_tree(root: Path, n: int) -> Path:
     rng = np.random.default_rng(0)
@@ -62,21 +65,6 @@ def synthetic_tree(root: Path, n: int) -> Path:
     return root
 
 
-def _rss_tree_kb(pid: int) -> int:
-    """Resident set of ``pid`` and its descendants (kB), from /proc (Linux)."""
-    total = 0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                total += _rss_tree_kb(int(child))
-    except (OSError, ValueError):
-        pass
-    return total
-
-
 class _PeakRSS:
     """Samples the RSS of this process and its children in a thread; ``peak_mb`` after."""
 
@@ -88,7 +76,7 @@ class _PeakRSS:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, _rss_tree_kb(os.getpid()))
+            self.peak_kb = max(self.peak_kb, rss_tree_kb(os.getpid()))
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> _PeakRSS:

@@ -7,8 +7,9 @@ For every stage (text-embed, pseudo-labels, train, evaluate) this script
    starts the stage as a subprocess (``tedloc stage ...``), sends it SIGKILL after a random
    delay drawn (seeded) from [0, 1.1 × the stage's reference wall time], then reruns it to
    completion and compares its artifact with the reference;
-3. prints a table per stage: trials, killed mid-run, resumed correctly (the rerun exits 0
-   and the stage's manifest says finished), artifacts equal.
+3. prints a table per stage: trials, killed mid-run, killed with partial results on disk
+   (shards, staged batches or checkpoints of the stage already written), resumed correctly
+   (the rerun exits 0 and the stage's manifest says finished), artifacts equal.
 
 "Equal" means: every per-image array equal (sharded stages, compared per image id, so a
 different shard layout after a resume does not matter), every dataset of the stage's other
@@ -78,6 +79,14 @@ def run_stage(workdir: Path, stage: str, *, kill_after: float | None = None) -> 
 def finished(stage_dir: Path) -> bool:
     manifest = stage_dir / "manifest.json"
     return manifest.is_file() and bool(json.loads(manifest.read_text()).get("format"))
+
+
+def partial_results(stage_dir: Path) -> bool:
+    """Whether an unfinished stage directory already holds some of its results."""
+    if not stage_dir.is_dir() or (stage_dir / "manifest.json").exists():
+        return False
+    return any(p.is_file() and not p.name.startswith(".lock") and not p.name.endswith(".tmp")
+               for p in stage_dir.rglob("*"))
 
 
 def _h5_datasets(path: Path) -> dict[str, np.ndarray]:
@@ -166,7 +175,7 @@ def main() -> int:
 
     table = []
     for stage in args.stages:
-        killed_n = resumed_n = equal_n = 0
+        killed_n = partial_n = resumed_n = equal_n = 0
         for trial in range(args.trials):
             workdir = args.root / f"{STAGE_DIRS[stage]}-{trial:02d}"
             for upstream in STAGES[: STAGES.index(stage)]:
@@ -174,21 +183,23 @@ def main() -> int:
             delay = rng.uniform(0.0, 1.1 * durations[stage])
             _, _, killed = run_stage(workdir, stage, kill_after=delay)
             killed_n += killed
+            partial = killed and partial_results(workdir / STAGE_DIRS[stage])
+            partial_n += partial
             code, _, _ = run_stage(workdir, stage)
             ok = code == 0 and finished(workdir / STAGE_DIRS[stage])
             resumed_n += ok
             same, why = artifacts_equal(stage, workdir / STAGE_DIRS[stage], reference / STAGE_DIRS[stage]) if ok else (False, "not finished")
             equal_n += same
-            print(f"{stage} trial {trial}: kill after {delay:.2f} s (killed: {killed}), "
+            print(f"{stage} trial {trial}: kill after {delay:.2f} s (killed: {killed}, partial: {partial}), "
                   f"resumed: {ok}, equal: {same} {why}")
             shutil.rmtree(workdir)
-        table.append((stage, args.trials, killed_n, resumed_n, equal_n))
+        table.append((stage, args.trials, killed_n, partial_n, resumed_n, equal_n))
 
-    print("\n| stage | trials | killed mid-run | resumed correctly | artifacts equal |")
-    print("|---|---|---|---|---|")
+    print("\n| stage | trials | killed mid-run | killed with partial results | resumed correctly | artifacts equal |")
+    print("|---|---|---|---|---|---|")
     for row in table:
         print("| " + " | ".join(map(str, row)) + " |")
-    return 0 if all(r[3] == r[1] and r[4] == r[1] for r in table) else 1
+    return 0 if all(r[4] == r[1] and r[5] == r[1] for r in table) else 1
 
 
 if __name__ == "__main__":
