@@ -56,7 +56,7 @@ class Config(StageConfig):
     cache_budget_gb: float = option(50.0, "Largest feature cache 'auto' allows (GB, float16, before compression).")
     cache_flip_features: bool = option(True, "Also cache the grid of the horizontally flipped image.")
     shard_size: int = option(256, "Images per shard file.")
-    limit: int = option(0, "Use only the first N images of the split (0 = all), e.g. for smoke runs.")
+    limit: int = option(0, "Use only N images of the split, balanced over classes, in file order (0 = all), e.g. for smoke runs.")
     on_bad_image: str = option("fail", "Unreadable image: fail (stop, naming it) or skip (record it in the manifest).")
     diagnostic: bool = option(True, "Report MaxBoxAccV2 of the maps against GT boxes, if any (diagnostic only).")
     batch_size: int = option(64, "Images per encoder batch.")

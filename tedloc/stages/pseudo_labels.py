@@ -106,7 +106,7 @@ def resolve_method(config: Config) -> str:
 
 
 def select_records(dataset: Dataset, limit: int) -> list[Record]:
-    records = list(dataset.records[:limit] if limit else dataset.records)
+    records = dataset.head(limit)
     if not records:
         raise InputError(dataset.spec, f"split {dataset.split!r} has no images")
     return records
