@@ -54,6 +54,7 @@ from torch import nn
 
 from tedloc.config import hash_json
 from tedloc.errors import ConfigError
+from tedloc.pipeline.devices import resolve_device  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -407,17 +408,6 @@ def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, input_size: int | 
                           "'clip:<hub id or folder>', 'open_clip:<model>/<pretrained>' or 'tiny-cnn'")
     device = resolve_device(device)
     return encoder.to(device)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; a CUDA device without CUDA is a ConfigError."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available")
-    return torch.device(device)
 
 
 def is_clip_encoder(encoder: ImageEncoder) -> bool:

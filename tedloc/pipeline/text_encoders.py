@@ -138,16 +138,6 @@ def _split_spec(spec: str) -> tuple[str, str]:
 
 # ----------------------------------------------------------------------------- encoders
 
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available")
-    return torch.device(device)
-
-
 class TextEncoder:
     """Interface: ``encode(texts) -> float32 (N, d)`` with L2-normalized rows.
 
@@ -193,7 +183,9 @@ class MiniLMEncoder(TextEncoder):
         folder = folder or minilm_folder()
         self.id = "minilm"
         self.fingerprint = folder_fingerprint(folder)
-        self.device = _resolve_device(device)
+        from tedloc.pipeline.devices import resolve_device
+
+        self.device = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval().to(self.device)
         self.dim = int(self.model.config.hidden_size)
@@ -213,7 +205,9 @@ class CLIPTextEncoder(TextEncoder):
         from transformers import AutoTokenizer, CLIPModel
 
         self.id = f"clip:{source}"
-        self.device = _resolve_device(device)
+        from tedloc.pipeline.devices import resolve_device
+
+        self.device = resolve_device(device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             model = CLIPModel.from_pretrained(source)
@@ -250,7 +244,9 @@ class OpenCLIPTextEncoder(TextEncoder):
 
         model_name, pretrained = _parse_open_clip(rest)
         self.id = f"open_clip:{rest}"
-        self.device = _resolve_device(device)
+        from tedloc.pipeline.devices import resolve_device
+
+        self.device = resolve_device(device)
         try:
             model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         except Exception as exc:  # noqa: BLE001 - open_clip raises many types for bad names
