@@ -71,3 +71,19 @@ def rescale_boxes(boxes: np.ndarray, from_size: tuple[int, int], to_size: tuple[
     sx = to_size[0] / from_size[0]
     sy = to_size[1] / from_size[1]
     return boxes * np.array([sx, sy, sx, sy])
+
+
+def boxes_in_original(boxes: np.ndarray | None, eval_size: int,
+                      image_size: tuple[int, int]) -> list[list[float]]:
+    """Boxes at ``eval_size``×``eval_size`` -> ``x0y0x1y1`` floats in original pixels (1 decimal).
+
+    ``image_size`` is the original (width, height).  The empty box [0, 0, 0, 0] (no region
+    above the threshold) is dropped, so a map without a region gives an empty list.
+    """
+    if boxes is None:
+        return []
+    kept = [b for b in np.asarray(boxes).reshape(-1, 4) if b.any()]
+    if not kept:
+        return []
+    scaled = rescale_boxes(np.asarray(kept), (eval_size, eval_size), image_size)
+    return [[round(float(v), 1) for v in box] for box in scaled]

@@ -409,3 +409,17 @@ class LocalizationAccumulator:
             out["top1_loc"] = float(100.0 * self.stored_hits[c, 1] / n_boxed)
             out["top5_loc"] = float(100.0 * self.stored_hits[c, 2] / n_boxed)
         return out
+
+
+def ranked_classes(logits: np.ndarray, names: Sequence[str], k: int = 5) -> tuple[np.ndarray, list[dict]]:
+    """Softmax of one image's class logits (C,) and its top-``k`` classes, best first.
+
+    Returns ``(probs float64 (C,), [{"class", "class_name", "score"}, ...])``; scores are
+    rounded to 6 decimals; ties keep class order.
+    """
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max())
+    probs = z / z.sum()
+    order = np.argsort(-probs, kind="stable")[:k]
+    return probs, [{"class": int(c), "class_name": names[int(c)], "score": round(float(probs[c]), 6)}
+                   for c in order]

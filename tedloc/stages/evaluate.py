@@ -35,7 +35,7 @@ from tedloc.configs.evaluate import Config
 from tedloc.data.records import Dataset, Record
 from tedloc.errors import ArtifactError, ConfigError, InputError
 from tedloc.pipeline import metrics, render
-from tedloc.pipeline.boxes import rescale_boxes
+from tedloc.pipeline.boxes import boxes_in_original
 
 log = logging.getLogger(__name__)
 
@@ -463,41 +463,21 @@ def _overlay_sample(ids: Sequence[str], count: int) -> dict[str, int]:
     return {ids[i]: rank for rank, i in enumerate(picks)}
 
 
-def _to_original(boxes: np.ndarray | None, image_size: tuple[int, int], size: int) -> list[list[float]]:
-    """int boxes at eval size -> ``x0y0x1y1`` floats in original pixels (1 decimal);
-    the empty box [0, 0, 0, 0] (no region) gives an empty list."""
-    if boxes is None:
-        return []
-    kept = [b for b in np.asarray(boxes).reshape(-1, 4) if b.any()]
-    if not kept:
-        return []
-    scaled = rescale_boxes(np.asarray(kept), (size, size), image_size)
-    return [[round(float(v), 1) for v in box] for box in scaled]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = np.exp(z - z.max())
-    return z / z.sum()
-
-
 def _prediction_line(record: Record, label: int, logits: np.ndarray, result: metrics.ImageResult,
                      names: Sequence[str], threshold: float, image_size: tuple[int, int],
                      size: int) -> dict[str, Any]:
-    probs = _softmax(logits)
-    order = np.argsort(-probs, kind="stable")[:5]
+    _, top5 = metrics.ranked_classes(logits, names)
     return {
         "image_id": record.image_id,
         "label": label,
         "label_name": names[label],
-        "class": int(order[0]),
-        "class_name": names[int(order[0])],
-        "score": round(float(probs[order[0]]), 6),
-        "top5": [{"class": int(c), "class_name": names[int(c)], "score": round(float(probs[c]), 6)}
-                 for c in order],
+        "class": top5[0]["class"],
+        "class_name": top5[0]["class_name"],
+        "score": top5[0]["score"],
+        "top5": top5,
         "threshold": threshold,
-        "boxes": _to_original(result.boxes, image_size, size),
-        "box": (_to_original(result.box, image_size, size) or [None])[0],
+        "boxes": boxes_in_original(result.boxes, size, image_size),
+        "box": (boxes_in_original(result.box, size, image_size) or [None])[0],
         "iou": None if result.iou is None else round(result.iou, 4),
         "image_size": list(image_size),
     }
@@ -519,7 +499,7 @@ def _overlay_picture(dataset: Dataset, record: Record, maps: dict[str, np.ndarra
         result = results[key]
         pred = int(np.argmax(logits[key]))
         caption = f"{'TeD-Loc' if key == 'tedloc' else 'CAM (GT)'}: {names[pred]}"
-        boxes = _to_original(result.boxes if multi_contour else result.box, image_size, size)
+        boxes = boxes_in_original(result.boxes if multi_contour else result.box, size, image_size)
         panels.append(render.overlay(image, scoremap, caption=caption,
                                      pred_boxes=np.asarray(boxes).reshape(-1, 4), gt_boxes=record.boxes))
     return np.concatenate(panels, axis=1) if len(panels) > 1 else panels[0]

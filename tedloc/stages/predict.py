@@ -21,7 +21,7 @@ from tedloc.configs.evaluate import Config as EvaluateConfig
 from tedloc.data.images import load_rgb
 from tedloc.errors import ArtifactError, ConfigError, InputError
 from tedloc.pipeline import metrics, render
-from tedloc.pipeline.boxes import boxes_from_map, rescale_boxes, scoremap_to_uint8
+from tedloc.pipeline.boxes import boxes_from_map, boxes_in_original, scoremap_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,6 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         else:
             raise InputError(path, "image file not found")
     return out
-
-
-def _boxes_in_original(boxes: np.ndarray, eval_size: int, image_size: tuple[int, int]) -> list[list[float]]:
-    kept = [b for b in np.asarray(boxes).reshape(-1, 4) if b.any()]
-    if not kept:
-        return []
-    scaled = rescale_boxes(np.asarray(kept), (eval_size, eval_size), image_size)
-    return [[round(float(v), 1) for v in box] for box in scaled]
 
 
 def predict_images(inputs: Sequence[str | Path], *, checkpoint: str | Path, threshold: float | None = None,
@@ -127,19 +119,17 @@ def predict_images(inputs: Sequence[str | Path], *, checkpoint: str | Path, thre
             u8 = scoremap_to_uint8(scoremap)
             every = boxes_from_map(scoremap, tau, multi_contour=True, scoremap_u8=u8)
             largest = boxes_from_map(scoremap, tau, multi_contour=False, scoremap_u8=u8)
-            z = np.exp(logits[i] - logits[i].max())
-            probs = z / z.sum()
-            order = np.argsort(-probs, kind="stable")[:5]
-            boxes = _boxes_in_original(every, size, (width, height))
-            box = _boxes_in_original(largest, size, (width, height))
+            probs, top5 = metrics.ranked_classes(logits[i], names)
+            best = top5[0]["class"]
+            boxes = boxes_in_original(every, size, (width, height))
+            box = boxes_in_original(largest, size, (width, height))
             predictions.append({
                 "image": str(path),
                 "image_size": [width, height],
-                "class": int(order[0]),
-                "class_name": names[int(order[0])],
-                "score": round(float(probs[order[0]]), 6),
-                "top5": [{"class": int(c), "class_name": names[int(c)], "score": round(float(probs[c]), 6)}
-                         for c in order],
+                "class": best,
+                "class_name": names[best],
+                "score": top5[0]["score"],
+                "top5": top5,
                 "boxes": boxes,
                 "box": box[0] if box else None,
                 "map": np.round(grid_maps[i].astype(np.float64), 3).tolist(),
@@ -147,7 +137,7 @@ def predict_images(inputs: Sequence[str | Path], *, checkpoint: str | Path, thre
             })
             if overlay_dir is not None:
                 picture = render.overlay(images[i], scoremap, pred_boxes=np.asarray(boxes).reshape(-1, 4),
-                                         caption=f"{names[int(order[0])]} {probs[order[0]]:.2f}")
+                                         caption=f"{names[best]} {probs[best]:.2f}")
                 files.write_png(overlay_dir / files.overlay_name(len(predictions) - 1, path.name), picture)
     return {"checkpoint": str(checkpoint), "threshold": tau, "class_names": names,
             "predictions": predictions, "skipped": skipped}
