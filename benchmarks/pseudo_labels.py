@@ -126,7 +126,8 @@ def one_run(args) -> dict:
 
     config = Config(dataset=args.dataset, split=args.split, encoder=args.encoder, limit=n,
                     batch_size=args.batch_size, num_workers=args.num_workers, device=str(device),
-                    cache_flip_features=flip, cache_features="on", shard_size=args.shard_size)
+                    cache_flip_features=flip, cache_features="on", shard_size=args.shard_size,
+                    feature_compression=args.feature_compression)
     workdir = Path(tempfile.mkdtemp(prefix="tedloc-bench-work-"))
     with _PeakRSS() as rss:
         start = time.perf_counter()
@@ -160,6 +161,8 @@ def main() -> int:
     # images (not N); a shard size below the image counts makes that visible.
     parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--no-flip", action="store_true", help="Do not cache flipped-image features.")
+    parser.add_argument("--feature-compression", default="none", choices=["none", "lzf"],
+                        help="The stage's feature_compression (its default: none).")
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -171,7 +174,7 @@ def main() -> int:
         args.dataset = str(synthetic_tree(Path(tempfile.mkdtemp(prefix="tedloc-bench-")) / "data",
                                           max(args.images)))
     print(f"encoder {args.encoder}, batch {args.batch_size}, workers {args.num_workers}, "
-          f"shard size {args.shard_size}, "
+          f"shard size {args.shard_size}, feature compression {args.feature_compression}, "
           f"flipped features {'off' if args.no_flip else 'on'} "
           f"(the stage forwards N images{'' if args.no_flip else ' + N flipped images'}; "
           "'bare' forwards the same inputs in the same batches)")
@@ -181,7 +184,7 @@ def main() -> int:
         command = [sys.executable, __file__, "--one", str(n), "--dataset", args.dataset, "--split", args.split,
                    "--encoder", args.encoder, "--batch-size", str(args.batch_size),
                    "--num-workers", str(args.num_workers), "--device", args.device,
-                   "--shard-size", str(args.shard_size)]
+                   "--shard-size", str(args.shard_size), "--feature-compression", args.feature_compression]
         if args.no_flip:
             command.append("--no-flip")
         out = subprocess.run(command, check=True, capture_output=True, text=True)

@@ -260,3 +260,25 @@ def test_resume_after_interruption_while_writing_maps(data, tmp_path, forward_ca
     assert forward_calls == []  # maps of the other 12 come from their staged grids
     _assert_same_artifact(tmp_path / "w", reference)
     assert not (folder / "encoded").exists()
+
+
+def _feature_filters(workdir: Path) -> set[str | None]:
+    filters = set()
+    for path in sorted((workdir / stage.STAGE_DIR).rglob("*.h5")):
+        with h5py.File(path, "r") as handle:
+            for name in ("features", "features_flip"):
+                if name in handle:
+                    filters.add(handle[name].compression)
+    return filters
+
+
+def test_feature_compression_changes_storage_not_values(data, tmp_path):
+    stage.run(_config(data), workdir=tmp_path / "raw")
+    stage.run(_config(data, feature_compression="lzf"), workdir=tmp_path / "lzf")
+    assert _feature_filters(tmp_path / "raw") == {None}
+    assert _feature_filters(tmp_path / "lzf") == {"lzf"}
+    raw, lzf = _arrays(tmp_path / "raw"), _arrays(tmp_path / "lzf")
+    assert raw.keys() == lzf.keys()
+    for name in raw:
+        for image_id, value in raw[name].items():
+            np.testing.assert_array_equal(lzf[name][image_id], value)

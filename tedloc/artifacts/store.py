@@ -303,7 +303,8 @@ class ShardedWriter:
     def write_shard(self, image_ids: Sequence[str], arrays: dict[str, np.ndarray], *,
                     skipped: dict[str, str] | None = None,
                     dataset_attrs: dict[str, dict[str, Any]] | None = None,
-                    attrs: dict[str, Any] | None = None) -> Path:
+                    attrs: dict[str, Any] | None = None,
+                    compression: dict[str, str | None] | None = None) -> Path:
         """Write one shard atomically.
 
         Args:
@@ -312,6 +313,10 @@ class ShardedWriter:
             skipped: ids given up on (bad images), id -> reason; recorded, not redone.
             dataset_attrs: name -> attributes of that dataset (units, shapes, conventions).
             attrs: extra root attributes.
+            compression: name -> HDF5 filter (``"lzf"``, ``"gzip"``) or None (stored raw),
+                overriding the default for that dataset (lzf for arrays of at least 1 KiB
+                per image, raw otherwise).  Either way datasets of more than one dimension
+                are chunked one image per chunk.
         """
         n = len(image_ids)
         for name, array in arrays.items():
@@ -331,8 +336,8 @@ class ShardedWriter:
                 kwargs: dict[str, Any] = {}
                 if n and array.ndim > 1:
                     kwargs["chunks"] = (1, *array.shape[1:])
-                    if array[0].nbytes >= _COMPRESS_MIN_BYTES:
-                        kwargs["compression"] = "lzf"
+                    default = "lzf" if array[0].nbytes >= _COMPRESS_MIN_BYTES else None
+                    kwargs["compression"] = (compression or {}).get(key, default)
                 dset = handle.create_dataset(key, data=array, **kwargs)
                 for akey, avalue in ((dataset_attrs or {}).get(key) or {}).items():
                     dset.attrs[akey] = avalue

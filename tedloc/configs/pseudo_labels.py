@@ -24,7 +24,8 @@ class Config(StageConfig):
     # dataset/split enter the hash by content (ids + labels), so moving the data keeps results;
     # the rest do not change the shards (diagnostic only adds a manifest entry).
     NOT_HASHED = frozenset({"dataset", "split", "batch_size", "num_workers", "device", "num_shards",
-                            "shard_index", "on_bad_image", "diagnostic"})
+                            "shard_index", "on_bad_image", "diagnostic",
+                            "feature_compression"})
     SECTION = "pseudo_labels"
 
     dataset: str = option("demo", "Dataset spec ('demo' or a wsolevaluation folder).")
@@ -53,8 +54,13 @@ class Config(StageConfig):
     # budget also decides whether uncached grids are staged on disk for a single encoder pass
     # (else the two-pass fallback: the maps step encodes the images again).
     cache_features: str = option("auto", "Cache the encoder grid per image: auto, on or off.")
-    cache_budget_gb: float = option(50.0, "Largest feature cache 'auto' allows (GB, float16, before compression).")
+    cache_budget_gb: float = option(50.0, "Largest feature cache 'auto' allows (GB, float16, uncompressed).")
     cache_flip_features: bool = option(True, "Also cache the grid of the horizontally flipped image.")
+    # none: raw float16 (1.09 MB per Lite0 image with flips), written and read at disk speed.
+    # lzf: 0.42 MB per image, at 4-5 ms of CPU per image to write and as much to read (each
+    # training epoch that reads the cache); benchmarks/feature_compression.py, 2-core CPU.  The
+    # encoder is far faster than that on a GPU, so lzf would bound the stage.  Same values.
+    feature_compression: str = option("none", "HDF5 compression of the cached grids: none or lzf.")
     shard_size: int = option(256, "Images per shard file.")
     limit: int = option(0, "Use only N images of the split, balanced over classes, in file order (0 = all), e.g. for smoke runs.")
     on_bad_image: str = option("fail", "Unreadable image: fail (stop, naming it) or skip (record it in the manifest).")
@@ -77,6 +83,8 @@ class Config(StageConfig):
             bad(f"method must be auto, cam or clip-es, got {self.method!r}")
         if self.cache_features not in ("auto", "on", "off"):
             bad(f"cache_features must be auto, on or off, got {self.cache_features!r}")
+        if self.feature_compression not in ("none", "lzf"):
+            bad(f"feature_compression must be none or lzf, got {self.feature_compression!r}")
         if self.on_bad_image not in ("fail", "skip"):
             bad(f"on_bad_image must be fail or skip, got {self.on_bad_image!r}")
         if not 0 <= self.box_threshold < 1:

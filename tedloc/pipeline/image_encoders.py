@@ -14,7 +14,8 @@ mode, even when a parent module calls ``.train()``).  Specs:
   ``pooled`` is the global average of that fused grid, so a linear classifier on ``pooled``
   and the same weights applied per grid cell (the CAM) are exactly consistent: the mean of
   the CAM is the classifier's logit.  Cached as float16 a Lite0 grid takes
-  14·14·1392·2 B ≈ 0.55 MB per image (≈ 1.1 MB with the flipped copy), before compression.
+  14·14·1392·2 B ≈ 0.55 MB per image (≈ 1.1 MB with the flipped copy), stored raw
+  by default (``feature_compression``).
   Preprocessing: TF EfficientNet-Lite's ``(x − 127) / 128``.
 * ``clip:<hub id or folder>``: the vision tower of a ``transformers`` CLIP model.  Grid =
   the last layer's patch tokens (class token dropped) through ``post_layernorm`` and

@@ -126,7 +126,7 @@ def make_header(config: Config, *, records: Sequence[Record], class_names: Seque
 
 
 def feature_cache_bytes(num_images: int, encoder: ImageEncoder, flip: bool) -> int:
-    """Estimated float16 bytes of the cached grids (before lzf compression)."""
+    """Estimated float16 bytes of the cached grids, uncompressed."""
     h, w = encoder.grid
     return num_images * h * w * encoder.feature_dim * 2 * (2 if flip else 1)
 
@@ -333,8 +333,10 @@ class _ShardBuffer:
     batches: a batch is never split across shards); ``on_flush`` runs after each shard."""
 
     def __init__(self, writer: ShardedWriter, shard_size: int, dataset_attrs: dict[str, dict[str, Any]],
-                 on_flush: Callable[[], None] | None = None):
+                 on_flush: Callable[[], None] | None = None,
+                 compression: dict[str, str | None] | None = None):
         self.writer = writer
+        self.compression = compression
         self.shard_size = shard_size
         self.dataset_attrs = dataset_attrs
         self.on_flush = on_flush
@@ -354,7 +356,8 @@ class _ShardBuffer:
         if not self.ids and not self.skipped:
             return
         arrays = {key: np.concatenate(parts) for key, parts in self.rows.items()}
-        self.writer.write_shard(self.ids, arrays, skipped=self.skipped, dataset_attrs=self.dataset_attrs)
+        self.writer.write_shard(self.ids, arrays, skipped=self.skipped, dataset_attrs=self.dataset_attrs,
+                                compression=self.compression)
         self.ids, self.rows, self.skipped = [], {}, {}
         if self.on_flush is not None:
             self.on_flush()
@@ -391,6 +394,12 @@ def _dataset_attrs(config: Config, encoder: ImageEncoder, method: str) -> dict[s
     }
 
 
+def _feature_compression(config: Config) -> dict[str, str | None]:
+    """The HDF5 filter of the cached grids in the final shards (None = raw)."""
+    filter_name = None if config.feature_compression == "none" else config.feature_compression
+    return {"features": filter_name, "features_flip": filter_name}
+
+
 def _map_rows(config: Config, encoder: ImageEncoder, maps: torch.Tensor, labels: np.ndarray,
               sizes: np.ndarray) -> dict[str, np.ndarray]:
     """The per-image rows of the final shards from float32 (B, h, w) maps."""
@@ -409,7 +418,7 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
     """Step 3 without the encoder: CAMs from the staged grids, final shards, staging cleanup."""
     janitor = _StagingJanitor(files, writer)
     buffer = _ShardBuffer(writer, config.shard_size, _dataset_attrs(config, encoder, method),
-                          on_flush=janitor.sweep)
+                          on_flush=janitor.sweep, compression=_feature_compression(config))
     weight_t = torch.as_tensor(weight, device=encoder.device)
     names = ["label", "image_size", "features"] + (["features_flip"] if has_flip else [])
     done = 0
@@ -543,7 +552,7 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
                          refine_threshold=config.clip_es_refine_threshold)
     janitor = _StagingJanitor(staged, writer)
     buffer = _ShardBuffer(writer, config.shard_size, _dataset_attrs(config, encoder, method),
-                          on_flush=janitor.sweep)
+                          on_flush=janitor.sweep, compression=_feature_compression(config))
     weight_t = torch.as_tensor(weight, device=encoder.device)
     loader = make_image_loader(dataset, records, input_size=encoder.input_size,
                                batch_size=config.batch_size, num_workers=config.num_workers,
