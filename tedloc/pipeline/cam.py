@@ -8,10 +8,10 @@ becomes zeros, as wsolevaluation's ``normalize_scoremap``).  For EfficientNet an
 for CLIP the classifier reads the image embedding and the CAM the projected patch tokens
 (same joint space, the usual CLIP-CAM approximation).
 
-The classifier (:func:`fit_linear_classifier`) is trained full-batch with L-BFGS in
-float64 on standardized features (the standardization is folded back into ``W`` and ``b``,
-so they apply to raw features), with an L2 penalty; starting from zeros, so the result is
-deterministic.  A held-out share of the images (seeded draw) measures accuracy; the final
+The classifier (:func:`fit_linear_classifier`) is trained full-batch with L-BFGS
+(:mod:`tedloc.pipeline.lbfgs`) in float64 on standardized features (the standardization
+is folded back into ``W`` and ``b``, so they apply to raw features), with an L2 penalty;
+starting from zeros, so the result is deterministic.  A held-out share of the images (seeded draw) measures accuracy; the final
 classifier is then refit on every image (``refit_all``).
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tedloc.pipeline import lbfgs
 from tedloc.pipeline.boxes import boxes_from_map
 
 log = logging.getLogger(__name__)
@@ -52,23 +53,26 @@ class LinearClassifier:
 
 def _lbfgs_fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
                max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression on float64 (N, c) standardized x; (W, b) for them."""
+    """Multinomial logistic regression on float64 (N, c) standardized x; (W, b) for them.
+
+    Loss ``mean CE(x Wᵀ + b, y) + λ/2 ‖W‖²`` with its closed-form gradient
+    (``(softmax − onehot)ᵀ x / N + λ W`` and the mean of ``softmax − onehot``), minimized
+    from zeros by :func:`tedloc.pipeline.lbfgs.minimize`.
+    """
     n, c = x.shape
-    w = torch.zeros(num_classes, c, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-9, tolerance_change=1e-12,
-                                  line_search_fn="strong_wolfe")
+    onehot = F.one_hot(y, num_classes).to(torch.float64)
 
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(x @ w.T + b, y) + 0.5 * weight_decay * (w * w).sum()
-        loss.backward()
-        return loss
+    def loss_and_grad(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b = flat[:num_classes * c].view(num_classes, c), flat[num_classes * c:]
+        log_p = torch.log_softmax(x @ w.T + b, dim=1)
+        value = -(log_p * onehot).sum() / n + 0.5 * weight_decay * (w * w).sum()
+        residual = (log_p.exp() - onehot) / n
+        grad = torch.cat([(residual.T @ x + weight_decay * w).reshape(-1), residual.sum(0)])
+        return value, grad
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return w.detach(), b.detach()
+    flat = lbfgs.minimize(loss_and_grad, torch.zeros(num_classes * (c + 1), dtype=torch.float64),
+                          max_iter=max_iter, history_size=20)
+    return flat[:num_classes * c].view(num_classes, c), flat[num_classes * c:]
 
 
 def fit_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
