@@ -11,9 +11,11 @@ one run), which measures, in that one run:
   its DataLoader workers, sampled every 20 ms) while it runs;
 * the **bare encoder forward** over the same work on already-decoded, resized images: with
   flipped features cached (the default) the stage forwards N images + N flipped images, as
-  batches of [B images; B flipped], so the bare run forwards exactly those 2N inputs in the
-  same batches.  Reported as images/s (N / time) and encoder forwards/s (2N / time);
-  timed after the stage, both after one warm-up forward;
+  forwards of [k images; k flipped] (k = the forward batch), so the bare run forwards
+  exactly those 2N inputs in the same forwards (``encode_batch``).  Reported as images/s
+  (N / time) and encoder forwards/s (2N / time); timed before and after the stage (the mean
+  is the reference; 'drift' = after / before shows how steady the machine was), after one
+  warm-up forward;
 * their ratio (the goal is ≥ 0.85: decoding, CAM and HDF5 writing hide behind the encoder).
 
 Peak RSS at two image counts shows whether memory grows with N (it must not: the stage
@@ -93,7 +95,7 @@ class _PeakRSS:
 
 
 def one_run(args) -> dict:
-    """Stage then bare forward of the first ``args.one`` images, in this process."""
+    """Bare forward, stage, bare forward again, on the first ``args.one`` images, in this process."""
     import torch
 
     from tedloc.configs.pseudo_labels import Config
@@ -112,38 +114,48 @@ def one_run(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def forward(resized_batch):
-        x = encoder.normalize(resized_batch)
-        if flip:  # exactly what the stage forwards: [B images; B flipped]
-            x = torch.cat([x, x.flip(-1)])
-        with torch.inference_mode():
-            encoder(x)
-
-    # Warm-up (kernel selection) on the batch shape both runs use, before either is timed.
-    warm = resize_batch([dataset.load_image(r) for r in records[:args.batch_size]], encoder.input_size)
-    forward(warm)
-    sync()
-
     config = Config(dataset=args.dataset, split=args.split, encoder=args.encoder, limit=n,
                     batch_size=args.batch_size, num_workers=args.num_workers, device=str(device),
                     cache_flip_features=flip, cache_features="on", shard_size=args.shard_size,
-                    feature_compression=args.feature_compression)
+                    feature_compression=args.feature_compression,
+                    forward_batch_size=args.forward_batch_size)
+    forward_batch = pseudo_labels.resolve_forward_batch(config, encoder)
+
+    def bare_pass(resized) -> float:
+        """Seconds to forward ``resized`` exactly as the stage does: batches of
+        ``batch_size``, each as forwards of [k images; k flipped] (``encode_batch``)."""
+        start = time.perf_counter()
+        for i in range(0, n, args.batch_size):
+            pseudo_labels.encode_batch(encoder, torch.from_numpy(resized[i:i + args.batch_size]),
+                                       with_flip=flip, forward_batch=forward_batch)
+        sync()
+        return time.perf_counter() - start
+
+    def decoded():
+        return resize_batch([dataset.load_image(r) for r in records], encoder.input_size)
+
+    # Warm-up (kernel selection) on the batch shape both runs use, before either is timed.
+    resized = decoded()
+    pseudo_labels.encode_batch(encoder, torch.from_numpy(resized[:args.batch_size]), with_flip=flip,
+                               forward_batch=forward_batch)
+    sync()
+    # The bare pass runs before and after the stage; their mean is the reference, so that
+    # a drift of the machine's speed during the run does not favour either side.
+    bare_before = bare_pass(resized)
+    del resized  # not held while the stage's peak memory is measured
     workdir = Path(tempfile.mkdtemp(prefix="tedloc-bench-work-"))
     with _PeakRSS() as rss:
         start = time.perf_counter()
         pseudo_labels.run(config, workdir=workdir)
         sync()
         stage_s = time.perf_counter() - start
-
-    resized = resize_batch([dataset.load_image(r) for r in records], encoder.input_size)
-    start = time.perf_counter()
-    for i in range(0, n, args.batch_size):
-        forward(resized[i:i + args.batch_size])
-    sync()
-    bare_s = time.perf_counter() - start
+    bare_after = bare_pass(decoded())
+    bare_s = (bare_before + bare_after) / 2
     forwards = 2 * n if flip else n
     return {"images": n, "device": str(device), "threads": torch.get_num_threads(),
+            "forward_batch": forward_batch or args.batch_size,
             "bare_images_per_s": n / bare_s, "bare_forwards_per_s": forwards / bare_s,
+            "bare_drift": bare_after / bare_before,
             "stage_images_per_s": n / stage_s, "stage_forwards_per_s": forwards / stage_s,
             "ratio": bare_s / stage_s, "peak_rss_mb": rss.peak_mb, "forwards": forwards}
 
@@ -154,7 +166,9 @@ def main() -> int:
     parser.add_argument("--split", default="train")
     parser.add_argument("--images", type=int, nargs="+", default=[64, 192])
     parser.add_argument("--encoder", default="efficientnet-lite0")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64, help="The stage's batch_size (its default: 64).")
+    parser.add_argument("--forward-batch-size", type=int, default=0,
+                        help="The stage's forward_batch_size (its default 0: 8 on CPU, the batch on GPU).")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
     # Final shards are buffered whole before writing, so peak memory is bounded by shard_size
@@ -173,25 +187,30 @@ def main() -> int:
     if args.dataset is None:
         args.dataset = str(synthetic_tree(Path(tempfile.mkdtemp(prefix="tedloc-bench-")) / "data",
                                           max(args.images)))
-    print(f"encoder {args.encoder}, batch {args.batch_size}, workers {args.num_workers}, "
+    print(f"encoder {args.encoder}, batch {args.batch_size}, forward batch "
+          f"{args.forward_batch_size or 'auto'}, workers {args.num_workers}, "
           f"shard size {args.shard_size}, feature compression {args.feature_compression}, "
           f"flipped features {'off' if args.no_flip else 'on'} "
           f"(the stage forwards N images{'' if args.no_flip else ' + N flipped images'}; "
-          "'bare' forwards the same inputs in the same batches)")
-    print(f"{'N':>5} {'bare img/s':>11} {'bare fwd/s':>11} {'stage img/s':>12} {'stage fwd/s':>12} "
+          "'bare' forwards the same inputs in the same forwards, before and after the stage: "
+          "'drift' is after/before, bare img/s their mean)")
+    print(f"{'N':>5} {'bare img/s':>11} {'bare fwd/s':>11} {'drift':>6} {'stage img/s':>12} {'stage fwd/s':>12} "
           f"{'ratio':>6} {'peak RSS MB':>12}")
     for n in args.images:
         command = [sys.executable, __file__, "--one", str(n), "--dataset", args.dataset, "--split", args.split,
                    "--encoder", args.encoder, "--batch-size", str(args.batch_size),
                    "--num-workers", str(args.num_workers), "--device", args.device,
-                   "--shard-size", str(args.shard_size), "--feature-compression", args.feature_compression]
+                   "--shard-size", str(args.shard_size), "--feature-compression", args.feature_compression,
+                   "--forward-batch-size", str(args.forward_batch_size)]
         if args.no_flip:
             command.append("--no-flip")
         out = subprocess.run(command, check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{r['images']:>5} {r['bare_images_per_s']:>11.2f} {r['bare_forwards_per_s']:>11.2f} "
+              f"{r['bare_drift']:>6.2f} "
               f"{r['stage_images_per_s']:>12.2f} {r['stage_forwards_per_s']:>12.2f} {r['ratio']:>6.3f} "
-              f"{r['peak_rss_mb']:>12.0f}   ({r['device']}, {r['threads']} threads)")
+              f"{r['peak_rss_mb']:>12.0f}   ({r['device']}, {r['threads']} threads, "
+              f"forward batch {r['forward_batch']})")
     return 0
 
 

@@ -191,6 +191,23 @@ def test_encoder_runs_once_per_image_and_flip(data, tmp_path, forward_calls):
     assert forward_calls == [4] * 5
 
 
+def test_forward_batch_splits_forwards_not_results(data, tmp_path, forward_calls):
+    """forward_batch_size=3 over batches of 4: forwards of [3; 3 flipped] and [1; 1 flipped],
+    and the same artifact as whole-batch forwards (up to float rounding of the encoder)."""
+    stage.run(_config(data, forward_batch_size=4), workdir=tmp_path / "whole")
+    assert forward_calls == [8] * 5
+    forward_calls.clear()
+    stage.run(_config(data, forward_batch_size=3), workdir=tmp_path / "split")
+    assert forward_calls == [6, 2] * 5
+    whole, split = _arrays(tmp_path / "whole"), _arrays(tmp_path / "split")
+    for name in ("features", "features_flip", "cam"):
+        for image_id, value in whole[name].items():
+            np.testing.assert_allclose(split[name][image_id].astype(np.float32), value.astype(np.float32),
+                                       rtol=2e-3, atol=2e-3)
+    for image_id, value in whole["label"].items():
+        assert split["label"][image_id] == value
+
+
 def test_two_pass_fallback_over_budget(data, tmp_path, forward_calls):
     """Grids over cache_budget_gb: pooled pass then map pass, same maps as one pass."""
     one = stage.run(_config(data, cache_features="off"), workdir=tmp_path / "one")

@@ -3,9 +3,10 @@
 Steps (one process, or each of ``num_shards`` processes on its part of the images):
 
 1. **Encode** (resumable): one pass of the frozen encoder over this part's pending images
-   (decoded in DataLoader workers).  With method ``cam`` and staged grids, each batch is run
-   as ONE forward of ``[images; flipped images]`` (flipped only when ``features_flip`` is
-   cached) and everything later steps need is staged per batch in
+   (decoded in DataLoader workers).  With method ``cam`` and staged grids, images and their
+   flips go through the same forwards, ``[k images; k flipped images]`` (flipped only when
+   ``features_flip`` is cached; k = ``forward_batch_size``, 8 on a CPU, the whole batch on a
+   GPU), and everything later steps need is staged per batch in
    ``<stage dir>/encoded/partPPPofNNN-SSSSS.h5`` (written atomically): labels, sizes, the
    pooled vector, the grid and flipped grid (float16).  So the encoder runs exactly once per
    image (and once per flipped image).  A killed run resumes with the images not staged.
@@ -27,8 +28,8 @@ Steps (one process, or each of ``num_shards`` processes on its part of the image
 **Two-pass fallback.**  Grids are staged when the final shards cache them anyway, or when
 this part's grids (``n · h · w · c · 2`` bytes, no flips) fit ``cache_budget_gb``; otherwise
 (and always for ``clip-es``, whose maps need a forward with gradients) step 1 stages only the
-pooled vectors and step 3 decodes and encodes the images again (one forward of
-``[images; flipped]`` per batch when flipped grids are cached, plus CLIP-ES's own).
+pooled vectors and step 3 decodes and encodes the images again (forwards of
+``[images; flipped]`` when flipped grids are cached, plus CLIP-ES's own).
 
 ``cache_features="auto"`` caches while ``N · h · w · c · 2 bytes`` (×2 with flips) fits
 ``cache_budget_gb``.  Identity: the hashed config fields plus the selected images' ids and
@@ -166,21 +167,44 @@ def resolve_staging(config: Config, method: str, num_images: int, encoder: Image
     return False, False
 
 
-def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool
+#: Images per forward on a CPU when ``forward_batch_size`` is 0 (see the config field).
+CPU_FORWARD_BATCH = 8
+
+
+def resolve_forward_batch(config: Config, encoder: ImageEncoder) -> int:
+    """Images per encoder forward: the config's, else 8 on a CPU, else 0 (the whole batch)."""
+    if config.forward_batch_size:
+        return config.forward_batch_size
+    return CPU_FORWARD_BATCH if encoder.device.type == "cpu" else 0
+
+
+def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool, forward_batch: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """ONE encoder forward of uint8 (B, S, S, 3) images, and of their horizontal flips when
-    ``with_flip`` (batched together as 2B).
+    """The encoder on uint8 (B, S, S, 3) images, and on their horizontal flips when
+    ``with_flip``: each forward takes ``[k images; their k flips]`` (k = ``forward_batch``,
+    0 = all B at once).
 
     Returns (pooled float32 (B, c), grid float32 (B, h, w, c), flipped grid or None), on
     the encoder's device.
     """
-    x = encoder.normalize(pixels)
-    b = len(x)
-    if with_flip:
-        x = torch.cat([x, x.flip(-1)])
-    with torch.inference_mode():
-        out = encoder(x)
-    return out.pooled[:b], out.grid[:b], (out.grid[b:] if with_flip else None)
+    step = forward_batch if 0 < forward_batch < len(pixels) else len(pixels)
+    pooled, grids, flips = [], [], []
+    for start in range(0, len(pixels), step):
+        x = encoder.normalize(pixels[start:start + step])
+        k = len(x)
+        if with_flip:
+            x = torch.cat([x, x.flip(-1)])
+        with torch.inference_mode():
+            out = encoder(x)
+        pooled.append(out.pooled[:k])
+        grids.append(out.grid[:k])
+        if with_flip:
+            flips.append(out.grid[k:])
+
+    def joined(parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    return joined(pooled), joined(grids), (joined(flips) if with_flip else None)
 
 
 def cam_from_grid(grid: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -210,6 +234,7 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
     """Step 1 over ``records``: one staging file per batch; returns their index entries."""
     h, w = encoder.grid
     c = encoder.feature_dim
+    forward_batch = resolve_forward_batch(config, encoder)
     loader = make_image_loader(dataset, records, input_size=encoder.input_size,
                                batch_size=config.batch_size, num_workers=config.num_workers,
                                on_bad_image=config.on_bad_image)
@@ -222,7 +247,8 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
         arrays: dict[str, np.ndarray] = {"label": batch.labels.astype(np.int64),
                                          "image_size": batch.sizes.astype(np.int32)}
         if n:
-            pooled, grid, flip_grid = encode_batch(encoder, batch.pixels, with_flip=stage_flip)
+            pooled, grid, flip_grid = encode_batch(encoder, batch.pixels, with_flip=stage_flip,
+                                                   forward_batch=forward_batch)
             arrays["pooled"] = pooled.float().cpu().numpy()
             if stage_grid:
                 arrays["features"] = grid.to(torch.float16).cpu().numpy()
@@ -253,7 +279,8 @@ def pooled_features(encoder: ImageEncoder, dataset: Dataset, records: Sequence[R
     out: dict[str, np.ndarray] = {}
     for batch in tqdm(loader, desc="pseudo-labels: pooled features", unit="batch"):
         if len(batch):
-            pooled, _, _ = encode_batch(encoder, batch.pixels, with_flip=False)
+            pooled, _, _ = encode_batch(encoder, batch.pixels, with_flip=False,
+                                        forward_batch=resolve_forward_batch(config, encoder))
             out.update(zip(batch.ids, pooled.float().cpu().numpy(), strict=True))
     return out
 
@@ -447,14 +474,15 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
 
 
 def compute_maps(encoder: ImageEncoder, pixels: torch.Tensor, labels: torch.Tensor, *, method: str,
-                 weight: torch.Tensor, clip_es, want_grid: bool, want_flip: bool
+                 weight: torch.Tensor, clip_es, want_grid: bool, want_flip: bool, forward_batch: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Two-pass fallback, one batch of uint8 (B, S, S, 3) ``pixels``: (maps float32 (B, h, w)
-    in [0, 1], grid or None, flipped grid or None).  Grid and flipped grid come from ONE
-    forward of ``[images; flipped]``; CLIP-ES adds its own forward with gradients."""
+    in [0, 1], grid or None, flipped grid or None).  Grid and flipped grid come from the same
+    forwards of ``[images; flipped]`` (:func:`encode_batch`); CLIP-ES adds its own forward
+    with gradients."""
     grid = flip_grid = None
     if method == "cam" or want_grid:
-        _, grid, flip_grid = encode_batch(encoder, pixels, with_flip=want_flip)
+        _, grid, flip_grid = encode_batch(encoder, pixels, with_flip=want_flip, forward_batch=forward_batch)
     if method == "cam":
         maps = cam_from_grid(grid, weight, labels)
     else:
@@ -566,7 +594,8 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
             labels = torch.as_tensor(batch.labels, device=encoder.device)
             maps, grid, flip_grid = compute_maps(encoder, batch.pixels, labels, method=method,
                                                  weight=weight_t, clip_es=clip_es,
-                                                 want_grid=has_features, want_flip=has_flip)
+                                                 want_grid=has_features, want_flip=has_flip,
+                                                 forward_batch=resolve_forward_batch(config, encoder))
             arrays = _map_rows(config, encoder, maps, batch.labels, batch.sizes)
             if grid is not None:
                 arrays["features"] = grid.to(torch.float16).cpu().numpy()
@@ -583,25 +612,35 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
 # ----------------------------------------------------------------------------- finish
 
 def maxboxacc_v2(cams: np.ndarray, records: Sequence[Record], sizes: np.ndarray,
-                 thresholds: np.ndarray, deltas: Sequence[int] = (30, 50, 70)) -> float | None:
+                 thresholds: np.ndarray, deltas: Sequence[int] = (30, 50, 70), *,
+                 num_threads: int = 0) -> float | None:
     """MaxBoxAccV2 (%) of grid maps (N, h, w) against the records' GT boxes at 224×224; None
-    when no record has boxes.  ``sizes``: int (N, 2) original (width, height)."""
+    when no record has boxes.  ``sizes``: int (N, 2) original (width, height).
+
+    Images are scored in ``num_threads`` threads (0 = one per CPU core): the work is
+    OpenCV's contour search, which releases the GIL, and it runs after the encoder is done.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tedloc.pipeline.metrics import best_ious, evaluation_map, gt_boxes_at_eval_size
 
-    hits = np.zeros((len(deltas), len(thresholds)))
-    count = 0
-    for scoremap, record, size in zip(cams, records, sizes, strict=True):
-        if len(record.boxes) == 0:
-            continue
-        smap = evaluation_map(np.asarray(scoremap, np.float32), DIAGNOSTIC_SIZE, image_id=record.image_id)
+    def image_ious(index: int) -> np.ndarray:
+        record, size = records[index], sizes[index]
+        smap = evaluation_map(np.asarray(cams[index], np.float32), DIAGNOSTIC_SIZE, image_id=record.image_id)
         gt = gt_boxes_at_eval_size(record.boxes, (int(size[0]), int(size[1])), DIAGNOSTIC_SIZE)
-        ious = best_ious(smap, gt, thresholds, multi_contour=True)
-        for d, delta in enumerate(deltas):
-            hits[d] += ious >= delta / 100
-        count += 1
-    if count == 0:
+        return best_ious(smap, gt, thresholds, multi_contour=True)
+
+    if len(cams) != len(records) or len(sizes) != len(records):
+        raise ValueError(f"{len(cams)} maps, {len(records)} records and {len(sizes)} sizes")
+    scored = [i for i, record in enumerate(records) if len(record.boxes)]
+    if not scored:
         return None
-    return float(np.mean((hits / count).max(axis=1)) * 100)
+    hits = np.zeros((len(deltas), len(thresholds)))
+    with ThreadPoolExecutor(max_workers=num_threads or os.cpu_count() or 1) as pool:
+        for ious in pool.map(image_ious, scored):
+            for d, delta in enumerate(deltas):
+                hits[d] += ious >= delta / 100
+    return float(np.mean((hits / len(scored)).max(axis=1)) * 100)
 
 
 def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Sequence[Record],
