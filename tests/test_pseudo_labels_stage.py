@@ -299,3 +299,13 @@ def test_feature_compression_changes_storage_not_values(data, tmp_path):
     for name in raw:
         for image_id, value in raw[name].items():
             np.testing.assert_array_equal(lzf[name][image_id], value)
+
+
+def test_diagnostic_scores_an_even_sample_when_capped(data, tmp_path):
+    assert stage.diagnostic_sample(list("abcdefghij"), 4) == list("adgj")
+    assert stage.diagnostic_sample(list("abc"), 0) == list("abc")
+    full = json.loads(stage.run(_config(data), workdir=tmp_path / "all").read_text())["diagnostic"]
+    capped = json.loads(stage.run(_config(data, diagnostic_images=5),
+                                  workdir=tmp_path / "five").read_text())["diagnostic"]
+    assert (full["num_images"], full["num_images_with_boxes"]) == (20, 20)
+    assert (capped["num_images"], capped["num_images_with_boxes"]) == (5, 20)

@@ -612,35 +612,33 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
 # ----------------------------------------------------------------------------- finish
 
 def maxboxacc_v2(cams: np.ndarray, records: Sequence[Record], sizes: np.ndarray,
-                 thresholds: np.ndarray, deltas: Sequence[int] = (30, 50, 70), *,
-                 num_threads: int = 0) -> float | None:
+                 thresholds: np.ndarray, deltas: Sequence[int] = (30, 50, 70)) -> float | None:
     """MaxBoxAccV2 (%) of grid maps (N, h, w) against the records' GT boxes at 224×224; None
-    when no record has boxes.  ``sizes``: int (N, 2) original (width, height).
-
-    Images are scored in ``num_threads`` threads (0 = one per CPU core): the work is
-    OpenCV's contour search, which releases the GIL, and it runs after the encoder is done.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
+    when no record has boxes.  ``sizes``: int (N, 2) original (width, height)."""
     from tedloc.pipeline.metrics import best_ious, evaluation_map, gt_boxes_at_eval_size
 
-    def image_ious(index: int) -> np.ndarray:
-        record, size = records[index], sizes[index]
-        smap = evaluation_map(np.asarray(cams[index], np.float32), DIAGNOSTIC_SIZE, image_id=record.image_id)
-        gt = gt_boxes_at_eval_size(record.boxes, (int(size[0]), int(size[1])), DIAGNOSTIC_SIZE)
-        return best_ious(smap, gt, thresholds, multi_contour=True)
-
-    if len(cams) != len(records) or len(sizes) != len(records):
-        raise ValueError(f"{len(cams)} maps, {len(records)} records and {len(sizes)} sizes")
-    scored = [i for i, record in enumerate(records) if len(record.boxes)]
-    if not scored:
-        return None
     hits = np.zeros((len(deltas), len(thresholds)))
-    with ThreadPoolExecutor(max_workers=num_threads or os.cpu_count() or 1) as pool:
-        for ious in pool.map(image_ious, scored):
-            for d, delta in enumerate(deltas):
-                hits[d] += ious >= delta / 100
-    return float(np.mean((hits / len(scored)).max(axis=1)) * 100)
+    count = 0
+    for scoremap, record, size in zip(cams, records, sizes, strict=True):
+        if len(record.boxes) == 0:
+            continue
+        smap = evaluation_map(np.asarray(scoremap, np.float32), DIAGNOSTIC_SIZE, image_id=record.image_id)
+        gt = gt_boxes_at_eval_size(record.boxes, (int(size[0]), int(size[1])), DIAGNOSTIC_SIZE)
+        ious = best_ious(smap, gt, thresholds, multi_contour=True)
+        for d, delta in enumerate(deltas):
+            hits[d] += ious >= delta / 100
+        count += 1
+    if count == 0:
+        return None
+    return float(np.mean((hits / count).max(axis=1)) * 100)
+
+
+def diagnostic_sample(ids: Sequence[str], limit: int) -> list[str]:
+    """At most ``limit`` of ``ids`` (0 = all), evenly spaced in their order: deterministic,
+    and spread over the split (class-sorted splits keep every part represented)."""
+    if limit <= 0 or len(ids) <= limit:
+        return list(ids)
+    return [ids[int(i)] for i in np.linspace(0, len(ids) - 1, limit).round().astype(int)]
 
 
 def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Sequence[Record],
@@ -655,16 +653,17 @@ def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Se
             from tedloc.pipeline.metrics import threshold_grid
 
             by_id = dataset.by_id()
-            ids = [i for i in reader.ids if i in by_id]
+            with_boxes = [i for i in reader.ids if i in by_id and len(by_id[i].boxes)]
+            ids = diagnostic_sample(with_boxes, config.diagnostic_images)
             value = maxboxacc_v2(reader.read_many("cam", ids), [by_id[i] for i in ids],
                                  reader.read_many("image_size", ids), threshold_grid(0.01))
             if value is not None:
-                diagnostic = {"maxboxacc_v2": round(value, 2), "num_images": sum(
-                    1 for i in ids if len(by_id[i].boxes)),
-                    "note": "diagnostic only: the pseudo-label maps against the split's GT boxes; "
-                            "GT is never used to make or train on pseudo-labels"}
+                diagnostic = {"maxboxacc_v2": round(value, 2), "num_images": len(ids),
+                              "num_images_with_boxes": len(with_boxes),
+                              "note": "diagnostic only: the pseudo-label maps against the split's GT boxes; "
+                                      "GT is never used to make or train on pseudo-labels"}
                 log.info("diagnostic (GT boxes, not used for training): pseudo-label MaxBoxAccV2 = %.2f "
-                         "on %d images", value, diagnostic["num_images"])
+                         "on %d of %d images with boxes", value, len(ids), len(with_boxes))
     if not complete:
         log.info("pseudo-labels: this part is done; the manifest is written by the last part to finish")
         return writer.directory
