@@ -66,26 +66,30 @@ def run_demo(workdir: Path) -> dict:
 
 
 def bare_forward_images_per_s(image_ids_split: str, *, encoder_spec: str, batch_size: int,
-                              with_flip: bool, limit: int = 0) -> tuple[float, int]:
-    """Images/s of the bare encoder forward over a demo split (pre-decoded, pre-resized)."""
+                              with_flip: bool, forward_batch_size: int = 0, limit: int = 0
+                              ) -> tuple[float, int]:
+    """Images/s of the bare encoder forward over a demo split (pre-decoded, pre-resized), run
+    as the pseudo-labels stage runs it: batches of ``batch_size`` images, each as forwards of
+    [k images; k mirror images] (``encode_batch``; k from ``forward_batch_size`` as the stage
+    resolves it, mirror images only ``with_flip``)."""
     import torch
 
+    from tedloc.configs.pseudo_labels import Config
     from tedloc.data.open import open_dataset
-    from tedloc.pipeline.image_encoders import build_image_encoder
+    from tedloc.pipeline.image_encoders import build_image_encoder, resize_batch
+    from tedloc.stages.pseudo_labels import encode_batch, resolve_forward_batch
 
     torch.set_num_threads(os.cpu_count() or 1)
     dataset = open_dataset("demo", image_ids_split)
     records = dataset.head(limit)
     encoder = build_image_encoder(encoder_spec)
-    pixels = encoder.preprocess([dataset.load_image(r) for r in records])
-    if with_flip:
-        pixels = torch.cat([pixels, pixels.flip(-1)])
-    with torch.inference_mode():
-        encoder(pixels[:batch_size])  # warm-up
-        start = time.perf_counter()
-        for i in range(0, len(pixels), batch_size):
-            encoder(pixels[i:i + batch_size])
-        seconds = time.perf_counter() - start
+    forward_batch = resolve_forward_batch(Config(forward_batch_size=forward_batch_size), encoder)
+    pixels = torch.from_numpy(resize_batch([dataset.load_image(r) for r in records], encoder.input_size))
+    encode_batch(encoder, pixels[:batch_size], with_flip=with_flip, forward_batch=forward_batch)  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(pixels), batch_size):
+        encode_batch(encoder, pixels[i:i + batch_size], with_flip=with_flip, forward_batch=forward_batch)
+    seconds = time.perf_counter() - start
     return len(records) / seconds, len(records)
 
 
@@ -125,10 +129,13 @@ def main() -> int:
     evaluate = json.loads((args.workdir / "evaluate" / "manifest.json").read_text())
     pl_config, ev_config = pseudo["config"], evaluate["config"]
     flip = bool(pseudo.get("has_flip_features"))
-    pl_bare, n_train = bare_forward_images_per_s("train", encoder_spec=pl_config["encoder"],
-                                                 batch_size=pl_config["batch_size"], with_flip=flip)
+    pl_bare, n_train = bare_forward_images_per_s(
+        "train", encoder_spec=pl_config["encoder"], batch_size=pl_config["batch_size"], with_flip=flip,
+        forward_batch_size=pl_config.get("forward_batch_size", 0))
+    # evaluate forwards each batch whole
     ev_bare, n_test = bare_forward_images_per_s("test", encoder_spec=pl_config["encoder"],
-                                                batch_size=ev_config["batch_size"], with_flip=False)
+                                                batch_size=ev_config["batch_size"], with_flip=False,
+                                                forward_batch_size=ev_config["batch_size"])
     pl_stage = n_train / first["stage_s"]["pseudo-labels"]
     ev_stage = n_test / first["stage_s"]["evaluate"]
 
@@ -151,8 +158,9 @@ def main() -> int:
         "",
         "The stage's time includes model loading, decoding, the classifier fit or the head, maps, "
         "boxes, HDF5 writing and (evaluate) the metrics; the bare forward runs on images decoded "
-        "and resized beforehand, at the same batch size"
-        + (", over the images and their mirror images (the stage caches flipped features)" if flip else "")
+        "and resized beforehand, in the stage's batches"
+        + (" (pseudo-labels: forwards of [k images; k mirror images], the stage caches flipped features)"
+           if flip else "")
         + ".",
         "",
         "| stage | images | stage images/s | bare encoder images/s | ratio |",
