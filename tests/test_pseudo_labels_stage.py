@@ -309,3 +309,19 @@ def test_diagnostic_scores_an_even_sample_when_capped(data, tmp_path):
                                   workdir=tmp_path / "five").read_text())["diagnostic"]
     assert (full["num_images"], full["num_images_with_boxes"]) == (20, 20)
     assert (capped["num_images"], capped["num_images_with_boxes"]) == (5, 20)
+
+
+def test_diagnostic_is_the_same_in_worker_processes(data, tmp_path, monkeypatch):
+    from tedloc.data.open import open_dataset
+    from tedloc.pipeline.metrics import threshold_grid
+
+    stage.run(_config(data), workdir=tmp_path / "w")
+    by_id = open_dataset(str(data), "train").by_id()
+    with open_pseudo_labels(tmp_path / "w") as art:
+        ids = art.ids
+        cams, sizes = art.read_many("cam", ids), art.read_many("image_size", ids)
+    records = [by_id[i] for i in ids]
+    monkeypatch.setattr(stage, "_DIAGNOSTIC_CHUNK", 3)  # 7 tasks over 20 images
+    serial = stage.maxboxacc_v2(cams, records, sizes, threshold_grid(0.01), workers=1)
+    parallel = stage.maxboxacc_v2(cams, records, sizes, threshold_grid(0.01), workers=2)
+    assert serial is not None and parallel == serial

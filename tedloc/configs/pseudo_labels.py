@@ -25,6 +25,7 @@ class Config(StageConfig):
     # the rest do not change the shards (diagnostic only adds a manifest entry).
     NOT_HASHED = frozenset({"dataset", "split", "batch_size", "num_workers", "device", "num_shards",
                             "shard_index", "on_bad_image", "diagnostic", "diagnostic_images",
+                            "diagnostic_workers",
                             "feature_compression", "forward_batch_size"})
     SECTION = "pseudo_labels"
 
@@ -67,6 +68,7 @@ class Config(StageConfig):
     diagnostic: bool = option(True, "Report MaxBoxAccV2 of the maps against GT boxes, if any (diagnostic only).")
     # About 3.5 ms of CPU per image (100 thresholds of contour search at 224 px): all of a
     # 1.2M-image split would take over an hour; 2000 evenly spaced images take seconds.
+    diagnostic_workers: int = option(0, "Processes scoring the diagnostic (0 = one per CPU core).")
     diagnostic_images: int = option(2000, "Images with GT boxes the diagnostic scores, evenly spaced in split order (0 = all).")
     batch_size: int = option(64, "Images per decoded batch and staging file.")
     # On a CPU small forward batches run much faster per image (they stay in cache): Lite0 with
@@ -104,7 +106,8 @@ class Config(StageConfig):
             if getattr(self, name) < 1:
                 bad(f"{name} must be at least 1, got {getattr(self, name)}")
         if min(self.num_workers, self.limit, self.input_size, self.forward_batch_size,
-               self.diagnostic_images) < 0:
-            bad("num_workers, limit, input_size, forward_batch_size and diagnostic_images must not be negative")
+               self.diagnostic_images, self.diagnostic_workers) < 0:
+            bad("num_workers, limit, input_size, forward_batch_size, diagnostic_images and "
+                "diagnostic_workers must not be negative")
         if self.num_shards < 0 or (self.num_shards and not -1 <= self.shard_index < self.num_shards):
             bad(f"shard_index {self.shard_index} is outside 0..{self.num_shards - 1}")
