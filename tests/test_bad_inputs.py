@@ -412,8 +412,13 @@ def test_full_disk_keeps_the_first_shard_and_a_rerun_completes(tree, tmp_path, m
     assert result.exit_code == 1
     assert_one_line_error(result, str(shards), "No space left on device")
     assert not tmp_files(workdir / "pseudo_labels")
-    first = {k: v for k, v in finished_files(workdir / "pseudo_labels").items() if k.startswith("shards/")}
-    assert len(first) == 1
+    # the first shard and its grid file (a staging file moved into place, never written in
+    # shards/) stay; the second shard's grid file, moved before the write failed, is staged
+    # again by the rerun
+    first = {k: v for k, v in finished_files(workdir / "pseudo_labels").items()
+             if k.startswith("shards/part000of001-00000.")}
+    assert sorted(first) == ["shards/part000of001-00000.grids.h5", "shards/part000of001-00000.h5"]
+    assert not (shards / "part000of001-00001.h5").exists()
     monkeypatch.undo()
 
     result = invoke(*pseudo_labels_args(tree, workdir))
@@ -459,7 +464,7 @@ def test_unknown_shard_version_is_refused(tree, tmp_path):
     assert invoke(*args).exit_code == 0
     stage_dir = workdir / "pseudo_labels"
     (stage_dir / "manifest.json").unlink()  # an unfinished run: its shards are resumed
-    shard = sorted((stage_dir / "shards").glob("*.h5"))[0]
+    shard = sorted(p for p in (stage_dir / "shards").glob("*.h5") if not p.name.endswith(".grids.h5"))[0]
     with h5py.File(shard, "r+") as handle:
         handle.attrs["format_version"] = 99
     before = finished_files(stage_dir)

@@ -92,8 +92,9 @@ def test_resume_computes_only_the_rest(data, tmp_path):
         stage.run(_config(data), workdir=tmp_path / "w")
     finally:
         stage.AFTER_BATCH_HOOK = None
-    # one shard of 8 images survived the interruption: only the other 12 were computed
-    assert counts[-1] == 12
+    # shards of 8 images (one per staging file of shard_size images): the interruption came
+    # after the second, so 16 images survived and only the other 4 were computed
+    assert counts[-1] == 4
     assert (tmp_path / "w/pseudo_labels" / CLASSIFIER_FILE).read_bytes() == classifier_before
     got, want = _arrays(tmp_path / "w"), _arrays(reference.parent.parent)
     for name in want:
@@ -236,7 +237,7 @@ def test_resume_after_interruption_while_encoding(data, tmp_path, forward_calls)
 
     def interrupt_after_8(done: int) -> None:
         if done >= 8:
-            raise _Interrupt
+            raise _Interrupt  # after the first staging file (shard_size = 8 images)
 
     stage.AFTER_ENCODE_HOOK = interrupt_after_8
     try:
@@ -245,7 +246,7 @@ def test_resume_after_interruption_while_encoding(data, tmp_path, forward_calls)
     finally:
         stage.AFTER_ENCODE_HOOK = None
     staged = sorted(p.name for p in (tmp_path / "w/pseudo_labels/encoded").glob("*.h5"))
-    assert staged == ["part000of001-00000.h5", "part000of001-00001.h5"]
+    assert staged == ["part000of001-00000.h5"]
     assert not (tmp_path / "w/pseudo_labels" / CLASSIFIER_FILE).exists()
     forward_calls.clear()
     stage.run(_config(data), workdir=tmp_path / "w")
@@ -268,15 +269,68 @@ def test_resume_after_interruption_while_writing_maps(data, tmp_path, forward_ca
             stage.run(_config(data), workdir=tmp_path / "w")
     finally:
         stage.AFTER_BATCH_HOOK = None
-    # one final shard (8 images) is on disk and its two staging files are gone
+    # staging files of 8 images each became a shard and its grid file (moved, not copied)
+    # until the interruption after the second: the third (4 images) is still staged
     folder = tmp_path / "w/pseudo_labels"
-    assert len(list((folder / "shards").glob("*.h5"))) == 1
-    assert len(list((folder / "encoded").glob("*.h5"))) == 3
+    assert sorted(p.name for p in (folder / "shards").glob("*.h5")) == [
+        "part000of001-00000.grids.h5", "part000of001-00000.h5",
+        "part000of001-00001.grids.h5", "part000of001-00001.h5"]
+    assert [p.name for p in (folder / "encoded").glob("*.h5")] == ["part000of001-00002.h5"]
     forward_calls.clear()
     stage.run(_config(data), workdir=tmp_path / "w")
     assert forward_calls == []  # maps of the other 12 come from their staged grids
     _assert_same_artifact(tmp_path / "w", reference)
     assert not (folder / "encoded").exists()
+
+
+def test_kill_between_moving_a_grid_file_and_writing_its_shard(data, tmp_path, forward_calls, monkeypatch):
+    """A staging file moved into shards/ as a grid file whose shard never got written is
+    staged again by the next run, which then equals an uninterrupted run."""
+    from tedloc.artifacts.store import ShardedWriter
+
+    reference = stage.run(_config(data), workdir=tmp_path / "ref").parent.parent
+    real_write = ShardedWriter.write_shard
+    calls = []
+
+    def dies_before_the_second_shard(self, image_ids, arrays, **kwargs):
+        calls.append(kwargs.get("links"))
+        if len(calls) == 2:
+            raise _Interrupt  # the grid file is in shards/ already, its shard is not
+        return real_write(self, image_ids, arrays, **kwargs)
+
+    monkeypatch.setattr(ShardedWriter, "write_shard", dies_before_the_second_shard)
+    with pytest.raises(_Interrupt):
+        stage.run(_config(data), workdir=tmp_path / "w")
+    monkeypatch.setattr(ShardedWriter, "write_shard", real_write)
+    assert calls[0] == {"features": "part000of001-00000.grids.h5", "features_flip": "part000of001-00000.grids.h5"}
+    shards = tmp_path / "w/pseudo_labels/shards"
+    assert sorted(p.name for p in shards.iterdir()) == [
+        "part000of001-00000.grids.h5", "part000of001-00000.h5", "part000of001-00001.grids.h5"]
+    forward_calls.clear()
+    stage.run(_config(data), workdir=tmp_path / "w")
+    assert forward_calls == []  # the orphan's grids were staged again, not recomputed
+    _assert_same_artifact(tmp_path / "w", reference)
+    assert not (tmp_path / "w/pseudo_labels/encoded").exists()
+
+
+def test_grids_are_written_once_and_the_artifact_can_be_moved(data, tmp_path):
+    import shutil
+
+    stage.run(_config(data), workdir=tmp_path / "w")
+    shards = tmp_path / "w/pseudo_labels/shards"
+    for shard in sorted(p for p in shards.glob("*.h5") if not p.name.endswith(".grids.h5")):
+        with h5py.File(shard, "r") as handle:
+            for name in ("features", "features_flip"):
+                link = handle.get(name, getlink=True)
+                assert isinstance(link, h5py.ExternalLink)
+                assert link.filename == shard.name[:-len(".h5")] + ".grids.h5"  # a name, not a path
+            assert "cam" in handle and not isinstance(handle.get("cam", getlink=True), h5py.ExternalLink)
+    want = _arrays(tmp_path / "w")
+    shutil.move(str(tmp_path / "w"), str(tmp_path / "moved"))
+    got = _arrays(tmp_path / "moved")
+    for name in ("features", "features_flip"):
+        for image_id, value in want[name].items():
+            np.testing.assert_array_equal(got[name][image_id], value)
 
 
 def _feature_filters(workdir: Path) -> set[str | None]:

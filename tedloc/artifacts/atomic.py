@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
+import shutil
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import h5py
 
+log = logging.getLogger(__name__)
+
 TMP_SUFFIX = ".tmp"
+#: HDF5 files expected to be at least this large are written by HDF5 straight to their
+#: temporary file when the disk has room to spare (see :func:`atomic_h5`).
+DIRECT_WRITE_MIN_BYTES = 16 << 20
+#: Free space that must remain on the disk after twice the expected size for that.
+DIRECT_WRITE_HEADROOM_BYTES = 1 << 30
 
 
 def tmp_path_for(path: Path) -> Path:
@@ -52,20 +62,24 @@ def commit_tmp(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, committer: BackgroundCommitter | None = None) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it replaces ``path`` atomically.
 
     On an exception the temporary file is removed and ``path`` is left untouched.  An OS
     error that names no file (a full disk while writing, HDF5's several-line messages) is
     raised again as ``OSError(errno, strerror, path)``, so that it can be reported in one
-    line naming the file.
+    line naming the file.  With a ``committer`` the fsync and the rename happen later in its
+    thread (``path`` appears once :meth:`BackgroundCommitter.wait` returns).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
     try:
         yield tmp
-        commit_tmp(tmp, path)
+        if committer is None:
+            commit_tmp(tmp, path)
+        else:
+            committer.submit(tmp, path)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -79,18 +93,44 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def has_room_for(directory: str | Path, size: int) -> bool:
+    """Whether the disk under ``directory`` has twice ``size`` bytes free plus
+    :data:`DIRECT_WRITE_HEADROOM_BYTES` (False when that cannot be told)."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return False
+    return free >= 2 * size + DIRECT_WRITE_HEADROOM_BYTES
+
+
 @contextlib.contextmanager
-def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
+def atomic_h5(path: str | Path, *, size_hint: int = 0,
+              committer: BackgroundCommitter | None = None) -> Iterator[h5py.File]:
     """Open a new HDF5 file for writing that appears at ``path`` only once closed.
 
-    The file is built in memory (HDF5's ``core`` driver, nothing on disk) and its bytes are
-    then written with plain Python I/O.  HDF5 itself never writes to the disk because on
-    a full disk it fails inside object destructors, where the error can only be printed,
-    and its retries at exit crash the interpreter; a plain write raises a clean ``OSError``
-    (ENOSPC) that is reported in one line.  Cost: the file's size in memory while written
-    (shards are written whole anyway).
+    Small files (and any file on a disk short of room) are built in memory (HDF5's ``core``
+    driver, nothing on disk) and their bytes are then written with plain Python I/O: HDF5
+    itself never writes to such a disk, because on a full disk it fails inside object
+    destructors, where the error can only be printed, and its retries at exit crash the
+    interpreter; a plain write raises a clean ``OSError`` (ENOSPC) reported in one line.
+
+    A file of ``size_hint`` ≥ :data:`DIRECT_WRITE_MIN_BYTES` bytes on a disk with room to
+    spare (:func:`has_room_for`) is written by HDF5 straight to the temporary file instead:
+    building it in memory costs a page fault per fresh 4 KiB page and a second copy of the
+    bytes (measured: 1.2 s against 0.2 s for a 280 MB file of feature grids).  Only a disk
+    filled by someone else meanwhile can then make HDF5 fail at writing.
+
+    Args:
+        size_hint: expected size of the file in bytes (0: unknown, built in memory).
+        committer: defer the fsync and rename to this committer's thread.
     """
-    with atomic_path(path) as tmp:
+    path = Path(path)
+    direct = size_hint >= DIRECT_WRITE_MIN_BYTES and has_room_for(path.parent, size_hint)
+    with atomic_path(path, committer=committer) as tmp:
+        if direct:
+            with h5py.File(str(tmp), "w") as handle:
+                yield handle
+            return
         handle = h5py.File(str(tmp), "w", driver="core", backing_store=False)
         try:
             yield handle
@@ -100,6 +140,56 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
             handle.close()
         with open(tmp, "wb") as out:
             out.write(image)
+
+
+class BackgroundCommitter:
+    """Makes finished temporary files durable and puts them in place (fsync, then rename)
+    in one background thread, in the order they were submitted.
+
+    An fsync waits on the disk, not on the CPU, so the caller goes on meanwhile (the
+    pseudo-labels stage keeps the encoder busy while hundreds of MB of feature grids reach
+    the disk).  A kill before a file's rename leaves only its ``*.tmp``, which the next run
+    removes.  :meth:`wait` blocks until every file submitted is in place and raises the
+    first failure as a one-line ``OSError`` naming the final file.  As a context manager
+    it waits on exit (without raising its own failure over an exception already raised).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tedloc-commit")
+        self._pending: list[Future] = []
+
+    def submit(self, tmp: Path, final: Path) -> None:
+        self._pending.append(self._pool.submit(_commit_or_clean, Path(tmp), Path(final)))
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        errors = [exc for exc in (future.exception() for future in pending) if exc is not None]
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> BackgroundCommitter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            else:
+                try:
+                    self.wait()
+                except OSError as failure:  # the exception in flight is the one to report
+                    log.warning("also failed while finishing a file: %s", failure)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _commit_or_clean(tmp: Path, final: Path) -> None:
+    try:
+        commit_tmp(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise _clean_os_error(exc, final) from exc
 
 
 def _clean_os_error(exc: OSError, path: Path) -> OSError:

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from tedloc.artifacts.atomic import TMP_SUFFIX
-from tedloc.artifacts.store import MANIFEST, SHARD_DIR, check_format
+from tedloc.artifacts.store import MANIFEST, SHARD_DIR, check_format, is_shard_name
 from tedloc.errors import ArtifactError, TedlocError
 
 log = logging.getLogger(__name__)
@@ -116,11 +116,29 @@ def _describe_h5(path: Path, indent: str = "", *, root_attrs: bool = True) -> st
                 lines.append(f"{depth}  @{key} = {_short(_decode(value))}")
 
         handle.visititems(visit)
+        # External links (a shard's feature grids live in its grid file): not visited above.
+        for name in handle:
+            link = handle.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                lines.append(f"{indent}  {name} -> {link.filename}:{link.path}  (external link)")
+                try:
+                    visit(name, handle[name])
+                except (OSError, KeyError) as exc:
+                    lines.append(f"{indent}    unresolved ({exc})")
     return "\n".join(lines)
 
 
 def _shard_files(stage: Path) -> list[Path]:
-    return sorted((stage / SHARD_DIR).glob("*.h5")) if (stage / SHARD_DIR).is_dir() else []
+    if not (stage / SHARD_DIR).is_dir():
+        return []
+    return sorted(p for p in (stage / SHARD_DIR).glob("*.h5") if is_shard_name(p.name))
+
+
+def _linked_files(stage: Path) -> list[Path]:
+    """Files in ``shards/`` that shards link to (the pseudo-labels' grid files)."""
+    if not (stage / SHARD_DIR).is_dir():
+        return []
+    return sorted(p for p in (stage / SHARD_DIR).glob("*.h5") if not is_shard_name(p.name))
 
 
 def _describe_stage(stage: Path) -> str:
@@ -161,6 +179,10 @@ def _describe_stage(stage: Path) -> str:
         if manifest is not None and "skipped" in manifest:
             skipped = dict(manifest["skipped"])
         lines.append(f"  images done: {done} in {len(shards)} shard(s); skipped: {len(skipped)}")
+        linked = _linked_files(stage)
+        if linked:
+            size = sum(p.stat().st_size for p in linked) / 1e6
+            lines.append(f"  files the shards link to (external links, same folder): {len(linked)}, {size:.1f} MB")
         for image_id, reason in list(sorted(skipped.items()))[:MAX_LISTED]:
             lines.append(f"    skipped {image_id}: {reason}")
         if len(skipped) > MAX_LISTED:

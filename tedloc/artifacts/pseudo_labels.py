@@ -36,12 +36,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from tedloc.artifacts.atomic import TMP_SUFFIX, atomic_h5
+from tedloc.artifacts.atomic import TMP_SUFFIX, BackgroundCommitter, atomic_h5
 from tedloc.artifacts.store import (
     MANIFEST,
     ArtifactHeader,
     ShardedReader,
     check_format,
+    write_arrays,
     write_header_attrs,
 )
 from tedloc.errors import ArtifactError, ConfigMismatchError
@@ -56,6 +57,9 @@ CLASSIFIER_FORMAT = "tedloc.cam_classifier"
 ENCODED_DIR = "encoded"
 ENCODED_FORMAT = "tedloc.pseudo_labels.encoded"
 _ENCODED_RE = re.compile(r"^part(\d{3})of(\d{3})-(\d{5})\.h5$")
+#: A shard's grid file: the promoted staging file whose grids the shard links to.
+GRID_SUFFIX = ".grids.h5"
+GRID_ARRAYS = ("features", "features_flip")
 
 
 def stage_dir(workdir_or_dir: str | Path) -> Path:
@@ -208,30 +212,75 @@ def encoded_path(directory: str | Path, part: int, num_parts: int, seq: int) -> 
 
 
 def write_encoded(path: str | Path, header: ArtifactHeader, image_ids: Sequence[str],
-                  arrays: dict[str, np.ndarray], *, skipped: dict[str, str] | None = None) -> Path:
+                  arrays: dict[str, np.ndarray], *, skipped: dict[str, str] | None = None,
+                  grid_compression: str | None = None,
+                  dataset_attrs: dict[str, dict[str, Any]] | None = None,
+                  committer: BackgroundCommitter | None = None) -> Path:
     """Write one staging file atomically (``*.tmp`` then rename).
 
     Args:
         image_ids: B ids; row i of every array belongs to ``image_ids[i]``.
         arrays: name -> array with leading dimension B (``label`` int64, ``image_size``
             int32 (B, 2), ``pooled`` float32 (B, c), optional ``features``/``features_flip``
-            float16 (B, h, w, c)); stored uncompressed, contiguous (written and read once).
+            float16 (B, h, w, c)).  Laid out as the final shards lay out their arrays (one
+            image per chunk), so that the file can become a shard's grid file unchanged.
         skipped: unreadable images of the batch, id -> reason.
+        grid_compression: HDF5 filter of ``features``/``features_flip`` (None = raw); the
+            other arrays are stored raw.
+        dataset_attrs: name -> attributes of that dataset.
+        committer: fsync and rename in this committer's thread (the file is in place once
+            its ``wait()`` returns); None: before returning.
     """
     path = Path(path)
     for name, array in arrays.items():
         if len(array) != len(image_ids):
             raise ValueError(f"array {name!r} has {len(array)} rows for {len(image_ids)} ids")
-    with atomic_h5(path) as handle:
+    compression = {name: grid_compression if name in GRID_ARRAYS else None for name in arrays}
+    size = sum(np.asarray(array).nbytes for array in arrays.values())
+    with atomic_h5(path, size_hint=size, committer=committer) as handle:
         write_header_attrs(handle, header)
         handle.attrs["format"] = ENCODED_FORMAT
         handle.attrs["contents"] = json.dumps(sorted(arrays))
         handle.attrs["skipped_json"] = json.dumps(skipped or {}, sort_keys=True)
         handle.create_dataset("image_ids", data=np.array(list(image_ids), dtype=object),
                               dtype=h5py.string_dtype())
-        for name, array in arrays.items():
-            handle.create_dataset(name, data=np.asarray(array))
+        write_arrays(handle, arrays, compression=compression, dataset_attrs=dataset_attrs)
     return path
+
+
+def grid_file_name(shard_name: str) -> str:
+    """The grid file beside shard ``partPPPofNNN-SSSSS.h5``: ``partPPPofNNN-SSSSS.grids.h5``."""
+    return shard_name[:-len(".h5")] + GRID_SUFFIX
+
+
+def promote_to_grid_file(staged: Path, shard_dir: Path, shard_name: str) -> str:
+    """Move a staging file into ``shard_dir`` as the grid file of shard ``shard_name``
+    (atomic rename, no copy); return the grid file's name.  The shard, written next, links
+    to its ``features``/``features_flip``."""
+    name = grid_file_name(shard_name)
+    os.replace(staged, shard_dir / name)
+    return name
+
+
+def recover_orphan_grid_files(directory: str | Path, shard_dir: Path, part: int, num_parts: int) -> list[Path]:
+    """Move this part's grid files whose shard was never written (a kill between the two
+    steps of a promotion) back into ``encoded/`` as staging files, after the part's other
+    staging files; return their new paths.  Run before scanning the staging files."""
+    prefix = f"part{part:03d}of{num_parts:03d}-"
+    orphans = [p for p in sorted(shard_dir.glob(f"{prefix}*{GRID_SUFFIX}"))
+               if not (shard_dir / (p.name[:-len(GRID_SUFFIX)] + ".h5")).exists()]
+    if not orphans:
+        return []
+    folder = Path(directory) / ENCODED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    seqs = [int(m.group(3)) for m in (_ENCODED_RE.match(p.name) for p in folder.glob(f"{prefix}*.h5")) if m]
+    moved = []
+    for seq, orphan in enumerate(orphans, start=max(seqs, default=-1) + 1):
+        target = encoded_path(directory, part, num_parts, seq)
+        log.info("%s has no shard (interrupted); staging it again as %s", orphan, target)
+        os.replace(orphan, target)
+        moved.append(target)
+    return moved
 
 
 def scan_encoded(directory: str | Path, identity: str, *, overwrite: bool = False) -> list[EncodedFile]:

@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 _SHARD_RE = re.compile(r"^part(\d{3})of(\d{3})-(\d{5})\.h5$")
+
+
+def is_shard_name(name: str) -> bool:
+    """Whether a file name in ``shards/`` is a shard (``partPPPofNNN-SSSSS.h5``), not a file
+    a shard links to."""
+    return _SHARD_RE.match(name) is not None
+
 #: Arrays at least this large per image are compressed (lzf: fast, always available in h5py).
 _COMPRESS_MIN_BYTES = 1024
 
@@ -193,6 +200,25 @@ def shard_of(image_id: str, num_shards: int) -> int:
     return int(hashlib.sha1(image_id.encode()).hexdigest()[:8], 16) % num_shards
 
 
+def write_arrays(handle: h5py.File, arrays: dict[str, np.ndarray], *,
+                 compression: dict[str, str | None] | None = None,
+                 dataset_attrs: dict[str, dict[str, Any]] | None = None) -> None:
+    """Create one dataset per array, the store's way: arrays of more than one dimension are
+    chunked one image (row) per chunk, lzf-compressed when a row has at least 1 KiB unless
+    ``compression`` names the filter (None = raw) for that name; ``dataset_attrs`` are set
+    on the datasets."""
+    for key, array in arrays.items():
+        array = np.asarray(array)
+        kwargs: dict[str, Any] = {}
+        if len(array) and array.ndim > 1:
+            kwargs["chunks"] = (1, *array.shape[1:])
+            default = "lzf" if array[0].nbytes >= _COMPRESS_MIN_BYTES else None
+            kwargs["compression"] = (compression or {}).get(key, default)
+        dset = handle.create_dataset(key, data=array, **kwargs)
+        for akey, avalue in ((dataset_attrs or {}).get(key) or {}).items():
+            dset.attrs[akey] = avalue
+
+
 class ShardedWriter:
     """Writes one stage's per-image results as shards; see the module docstring.
 
@@ -300,12 +326,18 @@ class ShardedWriter:
         return [i for i in all_ids
                 if i not in done and shard_of(i, self.num_shards) == self.shard_index]
 
+    @property
+    def next_shard_name(self) -> str:
+        """File name (in :attr:`shard_dir`) of the next shard :meth:`write_shard` writes."""
+        return f"part{self.shard_index:03d}of{self.num_shards:03d}-{self._next_seq:05d}.h5"
+
     def write_shard(self, image_ids: Sequence[str], arrays: dict[str, np.ndarray], *,
                     skipped: dict[str, str] | None = None,
                     dataset_attrs: dict[str, dict[str, Any]] | None = None,
                     attrs: dict[str, Any] | None = None,
-                    compression: dict[str, str | None] | None = None) -> Path:
-        """Write one shard atomically.
+                    compression: dict[str, str | None] | None = None,
+                    links: dict[str, str] | None = None) -> Path:
+        """Write one shard atomically (as :attr:`next_shard_name`).
 
         Args:
             image_ids: N ids, row i of every array belongs to ``image_ids[i]``.
@@ -317,12 +349,16 @@ class ShardedWriter:
                 overriding the default for that dataset (lzf for arrays of at least 1 KiB
                 per image, raw otherwise).  Either way datasets of more than one dimension
                 are chunked one image per chunk.
+            links: name -> the file (in the shard folder) that holds dataset ``/name`` with
+                one row per id, in this shard's order; stored as an HDF5 external link, so
+                readers see ``name`` as a dataset of this shard.  For arrays already on disk
+                (the pseudo-labels stage's feature grids), which are then never copied.
         """
         n = len(image_ids)
         for name, array in arrays.items():
             if len(array) != n:
                 raise ValueError(f"array {name!r} has {len(array)} rows for {n} ids")
-        name = f"part{self.shard_index:03d}of{self.num_shards:03d}-{self._next_seq:05d}.h5"
+        name = self.next_shard_name
         path = self.shard_dir / name
         with atomic_h5(path) as handle:
             write_header_attrs(handle, self.header)
@@ -331,16 +367,10 @@ class ShardedWriter:
                 handle.attrs[key] = value
             handle.create_dataset("image_ids", data=np.array(list(image_ids), dtype=object),
                                   dtype=h5py.string_dtype())
-            for key, array in arrays.items():
-                array = np.asarray(array)
-                kwargs: dict[str, Any] = {}
-                if n and array.ndim > 1:
-                    kwargs["chunks"] = (1, *array.shape[1:])
-                    default = "lzf" if array[0].nbytes >= _COMPRESS_MIN_BYTES else None
-                    kwargs["compression"] = (compression or {}).get(key, default)
-                dset = handle.create_dataset(key, data=array, **kwargs)
-                for akey, avalue in ((dataset_attrs or {}).get(key) or {}).items():
-                    dset.attrs[akey] = avalue
+            write_arrays(handle, arrays, compression=compression, dataset_attrs=dataset_attrs)
+            for key, filename in (links or {}).items():
+                # Resolved relative to this file's folder, so the stage folder can be moved.
+                handle[key] = h5py.ExternalLink(filename, f"/{key}")
         self._next_seq += 1
         for image_id in image_ids:
             self._done[image_id] = name
@@ -380,11 +410,14 @@ class ShardedReader:
         if allow_partial and not (self.directory / MANIFEST).exists():
             self.manifest = None
             files = sorted(str(p.relative_to(self.directory))
-                           for p in (self.directory / SHARD_DIR).glob("*.h5"))
+                           for p in (self.directory / SHARD_DIR).glob("*.h5") if _SHARD_RE.match(p.name))
         else:
             self.manifest = read_manifest(self.directory, expected_format, supported_versions)
             files = self.manifest["files"]
         self._handles: list[h5py.File] = []
+        # (file index, name) -> open dataset: saves the name lookup per read and keeps the
+        # file behind an external link open (else HDF5 reopens it on every access).
+        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
         self._index: dict[str, tuple[int, int]] = {}
         self.ids: list[str] = []
         self.skipped: dict[str, str] = dict((self.manifest or {}).get("skipped", {}))
@@ -433,7 +466,11 @@ class ShardedReader:
             file_index, row = self._index[image_id]
         except KeyError:
             raise ArtifactError(f"{self.directory}: no image {image_id!r} in this artifact") from None
-        return self._handles[file_index][name][row]
+        key = (file_index, name)
+        dataset = self._datasets.get(key)
+        if dataset is None:
+            dataset = self._datasets[key] = self._handles[file_index][name]
+        return dataset[row]
 
     def read_many(self, name: str, image_ids: Sequence[str]) -> np.ndarray:
         return np.stack([self.read(name, i) for i in image_ids]) if image_ids else np.empty((0,))
@@ -444,6 +481,7 @@ class ShardedReader:
         return np.concatenate(parts) if parts else np.empty((0,))
 
     def close(self) -> None:
+        self._datasets.clear()
         for handle in self._handles:
             handle.close()
         self._handles.clear()

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tedloc.artifacts.atomic import BackgroundCommitter
 from tedloc.artifacts.pseudo_labels import (
     CLASSIFIER_FILE,
     FORMAT,
@@ -56,8 +57,10 @@ from tedloc.artifacts.pseudo_labels import (
     SUPPORTED_VERSIONS,
     EncodedFile,
     encoded_path,
+    promote_to_grid_file,
     read_classifier,
     read_encoded,
+    recover_orphan_grid_files,
     remove_encoded,
     scan_encoded,
     write_classifier_once,
@@ -230,8 +233,13 @@ def staged_contents(stage_grid: bool, stage_flip: bool) -> set[str]:
 
 def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: list[Record],
             directory: Path, header: ArtifactHeader, *, part: int, num_parts: int, first_seq: int,
-            stage_grid: bool, stage_flip: bool) -> list[EncodedFile]:
-    """Step 1 over ``records``: one staging file per batch; returns their index entries."""
+            stage_grid: bool, stage_flip: bool, dataset_attrs: dict[str, dict[str, Any]]) -> list[EncodedFile]:
+    """Step 1 over ``records``: a staging file per ``shard_size`` images (whole batches; a
+    staging file with grids becomes one final shard's grid file); returns their entries.
+
+    Each file's fsync and rename run in a background thread while the encoder goes on
+    (they wait on the disk); every file is in place when this returns or raises.
+    """
     h, w = encoder.grid
     c = encoder.feature_dim
     forward_batch = resolve_forward_batch(config, encoder)
@@ -239,32 +247,52 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
                                batch_size=config.batch_size, num_workers=config.num_workers,
                                on_bad_image=config.on_bad_image)
     files: list[EncodedFile] = []
+    ids: list[str] = []
+    skipped: dict[str, str] = {}
+    parts: dict[str, list[np.ndarray]] = {}
     done = 0
-    for seq, batch in enumerate(tqdm(loader, desc="pseudo-labels: encode", unit="batch"), start=first_seq):
-        if batch.bad:
-            log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
-        n = len(batch)
-        arrays: dict[str, np.ndarray] = {"label": batch.labels.astype(np.int64),
-                                         "image_size": batch.sizes.astype(np.int32)}
-        if n:
-            pooled, grid, flip_grid = encode_batch(encoder, batch.pixels, with_flip=stage_flip,
-                                                   forward_batch=forward_batch)
-            arrays["pooled"] = pooled.float().cpu().numpy()
-            if stage_grid:
-                arrays["features"] = grid.to(torch.float16).cpu().numpy()
-            if flip_grid is not None:
-                arrays["features_flip"] = flip_grid.to(torch.float16).cpu().numpy()
-        else:  # every image of the batch was unreadable: empty arrays of the right shapes
-            arrays["pooled"] = np.zeros((0, c), np.float32)
-            for name in staged_contents(stage_grid, stage_flip) - set(_STAGED_ALWAYS):
-                arrays[name] = np.zeros((0, h, w, c), np.float16)
-        path = write_encoded(encoded_path(directory, part, num_parts, seq), header, batch.ids, arrays,
-                             skipped=batch.bad)
-        files.append(EncodedFile(path=path, part=part, num_parts=num_parts, seq=seq, ids=list(batch.ids),
-                                 skipped=dict(batch.bad), contents=tuple(sorted(arrays))))
-        done += n + len(batch.bad)
+
+    def write_staging_file() -> None:
+        nonlocal ids, skipped, parts
+        seq = first_seq + len(files)
+        arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        path = write_encoded(encoded_path(directory, part, num_parts, seq), header, ids, arrays,
+                             skipped=skipped, grid_compression=_feature_compression(config)["features"],
+                             dataset_attrs=dataset_attrs, committer=committer)
+        files.append(EncodedFile(path=path, part=part, num_parts=num_parts, seq=seq, ids=ids,
+                                 skipped=skipped, contents=tuple(sorted(arrays))))
+        ids, skipped, parts = [], {}, {}
         if AFTER_ENCODE_HOOK is not None:
             AFTER_ENCODE_HOOK(done)
+
+    with BackgroundCommitter() as committer:
+        for batch in tqdm(loader, desc="pseudo-labels: encode", unit="batch"):
+            if batch.bad:
+                log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
+            n = len(batch)
+            arrays: dict[str, np.ndarray] = {"label": batch.labels.astype(np.int64),
+                                             "image_size": batch.sizes.astype(np.int32)}
+            if n:
+                pooled, grid, flip_grid = encode_batch(encoder, batch.pixels, with_flip=stage_flip,
+                                                       forward_batch=forward_batch)
+                arrays["pooled"] = pooled.float().cpu().numpy()
+                if stage_grid:
+                    arrays["features"] = grid.to(torch.float16).cpu().numpy()
+                if flip_grid is not None:
+                    arrays["features_flip"] = flip_grid.to(torch.float16).cpu().numpy()
+            else:  # every image of the batch was unreadable: empty arrays of the right shapes
+                arrays["pooled"] = np.zeros((0, c), np.float32)
+                for name in staged_contents(stage_grid, stage_flip) - set(_STAGED_ALWAYS):
+                    arrays[name] = np.zeros((0, h, w, c), np.float16)
+            ids.extend(batch.ids)
+            skipped.update(batch.bad)
+            for name, array in arrays.items():
+                parts.setdefault(name, []).append(array)
+            done += n + len(batch.bad)
+            if len(ids) + len(skipped) >= config.shard_size:
+                write_staging_file()
+        if ids or skipped:
+            write_staging_file()
     return files
 
 
@@ -442,30 +470,45 @@ def _map_rows(config: Config, encoder: ImageEncoder, maps: torch.Tensor, labels:
 def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[EncodedFile],
                       pending: set[str], writer: ShardedWriter, *, method: str, weight: np.ndarray,
                       has_features: bool, has_flip: bool) -> None:
-    """Step 3 without the encoder: CAMs from the staged grids, final shards, staging cleanup."""
+    """Step 3 without the encoder: CAMs from the staged grids, final shards, staging cleanup.
+
+    When the shards cache the grids, a staging file whose images are all pending becomes the
+    grid file of its own shard (moved, not copied: the grids are written once) and the shard
+    holds the maps and links to the grids.  Otherwise (grids not cached, or a staging file
+    partly done by an older layout) the rows are copied into shards of ``shard_size``.
+    """
     janitor = _StagingJanitor(files, writer)
-    buffer = _ShardBuffer(writer, config.shard_size, _dataset_attrs(config, encoder, method),
-                          on_flush=janitor.sweep, compression=_feature_compression(config))
+    attrs = _dataset_attrs(config, encoder, method)
+    buffer = _ShardBuffer(writer, config.shard_size, attrs, on_flush=janitor.sweep,
+                          compression=_feature_compression(config))
     weight_t = torch.as_tensor(weight, device=encoder.device)
-    names = ["label", "image_size", "features"] + (["features_flip"] if has_flip else [])
+    grids = ["features"] + (["features_flip"] if has_flip else [])
     done = 0
     for entry in tqdm(sorted(files, key=lambda f: f.seq), desc="pseudo-labels: maps", unit="batch"):
         rows = [row for row, image_id in enumerate(entry.ids) if image_id in pending]
         skipped = {k: v for k, v in entry.skipped.items() if k in pending}
+        whole = len(rows) == len(entry.ids) and len(skipped) == len(entry.skipped)
+        promote = has_features and whole and set(grids) <= set(entry.contents) and (
+            has_flip or "features_flip" not in entry.contents)
+        copied = grids if has_features and not promote else []
         arrays: dict[str, np.ndarray] = {}
         if rows:
-            staged = read_encoded(entry.path, names)
+            staged = read_encoded(entry.path, ["label", "image_size", "features", *copied[1:]])
             if len(rows) < len(entry.ids):
                 staged = {k: v[rows] for k, v in staged.items()}
             labels = torch.as_tensor(staged["label"], device=encoder.device)
             grid = torch.from_numpy(staged["features"]).to(encoder.device)
             arrays = _map_rows(config, encoder, cam_from_grid(grid, weight_t, labels),
                                staged["label"], staged["image_size"])
-            if has_features:
-                arrays["features"] = staged["features"]
-            if has_flip:
-                arrays["features_flip"] = staged["features_flip"]
-        buffer.add([entry.ids[row] for row in rows], arrays, skipped)
+            for name in copied:
+                arrays[name] = staged[name]
+        if promote:
+            buffer.flush()  # shards stay in staging order
+            grid_file = promote_to_grid_file(entry.path, writer.shard_dir, writer.next_shard_name)
+            writer.write_shard(entry.ids, arrays, skipped=skipped, dataset_attrs=attrs,
+                               links={name: grid_file for name in grids})
+        else:
+            buffer.add([entry.ids[row] for row in rows], arrays, skipped)
         done += len(rows) + len(skipped)
         if AFTER_BATCH_HOOK is not None:
             AFTER_BATCH_HOOK(done)
@@ -532,6 +575,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                  "one encoder pass" if stage_grid else "two encoder passes", len(pending), len(all_ids),
                  shard_index, num_shards)
 
+        recover_orphan_grid_files(directory, writer.shard_dir, shard_index, num_shards)
         # Staging files: this part's that still serve (right contents, images not in a shard
         # yet) are reused; the rest of this part's are spent.  Other parts' serve the fit.
         wanted = staged_contents(stage_grid, stage_flip)
@@ -552,7 +596,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
             first_seq = max((entry.seq for entry in own), default=-1) + 1
             own += _encode(config, encoder, dataset, to_encode, directory, header, part=shard_index,
                            num_parts=num_shards, first_seq=first_seq, stage_grid=stage_grid,
-                           stage_flip=stage_flip)
+                           stage_flip=stage_flip, dataset_attrs=_dataset_attrs(config, encoder, method))
         weight, bias, clf_attrs = get_classifier(directory, header, encoder, dataset, records, config,
                                                  staged=own + others)
         if pending and stage_grid:
