@@ -13,8 +13,10 @@ one run), which measures, in that one run:
   flipped features cached (the default) the stage forwards N images + N flipped images, as
   forwards of [k images; k flipped] (k = the forward batch), so the bare run forwards
   exactly those 2N inputs in the same forwards (``encode_batch``).  Reported as images/s
-  (N / time) and encoder forwards/s (2N / time); timed before and after the stage (the mean
-  is the reference; 'drift' = after / before shows how steady the machine was), after one
+  (N / time) and encoder forwards/s (2N / time); bare passes alternate with --repeats stage
+  runs (bare, stage, bare, ..., stage, bare), each stage run is compared with the mean of
+  the bare passes on either side of it ('drift' = after / before shows how steady the
+  machine was) and the median run is reported, all after one
   warm-up forward;
 * their ratio (the goal is ≥ 0.85: decoding, CAM and HDF5 writing hide behind the encoder).
 
@@ -30,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -139,25 +142,33 @@ def one_run(args) -> dict:
     pseudo_labels.encode_batch(encoder, torch.from_numpy(resized[:args.batch_size]), with_flip=flip,
                                forward_batch=forward_batch)
     sync()
-    # The bare pass runs before and after the stage; their mean is the reference, so that
-    # a drift of the machine's speed during the run does not favour either side.
-    bare_before = bare_pass(resized)
+    # Bare passes and stage runs alternate (bare, stage, bare, stage, ..., bare); each stage
+    # run is compared with the mean of the bare passes on either side of it, so that the
+    # machine's speed drifting during the run favours neither side.  The median is reported.
+    bare = [bare_pass(resized)]
     del resized  # not held while the stage's peak memory is measured
-    workdir = Path(tempfile.mkdtemp(prefix="tedloc-bench-work-"))
-    with _PeakRSS() as rss:
-        start = time.perf_counter()
-        pseudo_labels.run(config, workdir=workdir)
-        sync()
-        stage_s = time.perf_counter() - start
-    bare_after = bare_pass(decoded())
-    bare_s = (bare_before + bare_after) / 2
+    stage_s: list[float] = []
+    peak_mb = 0.0
+    for _ in range(args.repeats):
+        workdir = Path(tempfile.mkdtemp(prefix="tedloc-bench-work-"))
+        with _PeakRSS() as rss:
+            start = time.perf_counter()
+            pseudo_labels.run(config, workdir=workdir)
+            sync()
+            stage_s.append(time.perf_counter() - start)
+        peak_mb = max(peak_mb, rss.peak_mb)
+        shutil.rmtree(workdir, ignore_errors=True)
+        bare.append(bare_pass(decoded()))
+    ratios = [(bare[k] + bare[k + 1]) / 2 / stage_s[k] for k in range(args.repeats)]
+    median = int(np.argsort(ratios)[len(ratios) // 2])
+    bare_s = (bare[median] + bare[median + 1]) / 2
     forwards = 2 * n if flip else n
     return {"images": n, "device": str(device), "threads": torch.get_num_threads(),
             "forward_batch": forward_batch or args.batch_size,
             "bare_images_per_s": n / bare_s, "bare_forwards_per_s": forwards / bare_s,
-            "bare_drift": bare_after / bare_before,
-            "stage_images_per_s": n / stage_s, "stage_forwards_per_s": forwards / stage_s,
-            "ratio": bare_s / stage_s, "peak_rss_mb": rss.peak_mb, "forwards": forwards}
+            "bare_drift": bare[median + 1] / bare[median],
+            "stage_images_per_s": n / stage_s[median], "stage_forwards_per_s": forwards / stage_s[median],
+            "ratio": ratios[median], "ratios": ratios, "peak_rss_mb": peak_mb, "forwards": forwards}
 
 
 def main() -> int:
@@ -171,9 +182,11 @@ def main() -> int:
                         help="The stage's forward_batch_size (its default 0: 8 on CPU, the batch on GPU).")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    # Final shards are buffered whole before writing, so peak memory is bounded by shard_size
-    # images (not N); a shard size below the image counts makes that visible.
-    parser.add_argument("--shard-size", type=int, default=64)
+    # Peak memory is bounded by shard_size images (a staging file's small arrays, one final
+    # shard's maps), not by N.
+    parser.add_argument("--shard-size", type=int, default=256, help="The stage's shard_size (its default: 256).")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="Stage runs per image count, alternating with bare passes; the median ratio is reported.")
     parser.add_argument("--no-flip", action="store_true", help="Do not cache flipped-image features.")
     parser.add_argument("--feature-compression", default="none", choices=["none", "lzf"],
                         help="The stage's feature_compression (its default: none).")
@@ -192,8 +205,8 @@ def main() -> int:
           f"shard size {args.shard_size}, feature compression {args.feature_compression}, "
           f"flipped features {'off' if args.no_flip else 'on'} "
           f"(the stage forwards N images{'' if args.no_flip else ' + N flipped images'}; "
-          "'bare' forwards the same inputs in the same forwards, before and after the stage: "
-          "'drift' is after/before, bare img/s their mean)")
+          "'bare' forwards the same inputs in the same forwards, before and after each stage run: "
+          f"'drift' is after/before, bare img/s their mean; the median of {args.repeats} runs)")
     print(f"{'N':>5} {'bare img/s':>11} {'bare fwd/s':>11} {'drift':>6} {'stage img/s':>12} {'stage fwd/s':>12} "
           f"{'ratio':>6} {'peak RSS MB':>12}")
     for n in args.images:
@@ -201,7 +214,7 @@ def main() -> int:
                    "--encoder", args.encoder, "--batch-size", str(args.batch_size),
                    "--num-workers", str(args.num_workers), "--device", args.device,
                    "--shard-size", str(args.shard_size), "--feature-compression", args.feature_compression,
-                   "--forward-batch-size", str(args.forward_batch_size)]
+                   "--forward-batch-size", str(args.forward_batch_size), "--repeats", str(args.repeats)]
         if args.no_flip:
             command.append("--no-flip")
         out = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -210,7 +223,8 @@ def main() -> int:
               f"{r['bare_drift']:>6.2f} "
               f"{r['stage_images_per_s']:>12.2f} {r['stage_forwards_per_s']:>12.2f} {r['ratio']:>6.3f} "
               f"{r['peak_rss_mb']:>12.0f}   ({r['device']}, {r['threads']} threads, "
-              f"forward batch {r['forward_batch']})")
+              f"forward batch {r['forward_batch']}; ratios of the {len(r['ratios'])} runs: "
+              f"{', '.join(f'{x:.3f}' for x in r['ratios'])})")
     return 0
 
 

@@ -4,7 +4,7 @@ Layout (docs/ARCHITECTURE.md)::
 
     <workdir>/pseudo_labels/manifest.json
     <workdir>/pseudo_labels/shards/*.h5        image_ids, label, image_size, cam, pseudo_box,
-                                               [features, features_flip]
+                                               [features, features_flip: links to *.grids.h5]
     <workdir>/pseudo_labels/cam_classifier.h5  weight float32 (C, c), bias float32 (C,)
     <workdir>/pseudo_labels/encoded/*.h5       while the stage runs: staged encoder outputs
 
@@ -12,12 +12,16 @@ Layout (docs/ARCHITECTURE.md)::
 resumed run reuses it instead of refitting (refitting could change the maps already written).
 
 ``encoded/partPPPofNNN-SSSSS.h5`` (format ``tedloc.pseudo_labels.encoded``, the stage's
-hashes, one file per encoder batch, written atomically) holds what the single encoder pass
-produced for the batch: ``image_ids``, ``label``, ``image_size``, ``pooled`` float32 (B, c)
-and, when the maps are made from staged grids, ``features`` / ``features_flip`` float16
-(B, h, w, c), uncompressed (they are read back once, soon).  Root attribute ``contents``
-lists the arrays; ``skipped_json`` the batch's unreadable images.  They are deleted as the
-final shards holding their images are written, and the folder once the manifest is.
+hashes, one file per ``shard_size`` images, written atomically; :class:`EncodedFileWriter`)
+holds what the single encoder pass produced for its images: ``image_ids``, ``label``,
+``image_size``, ``pooled`` float32 (B, c) and, when the maps are made from staged grids,
+``features`` / ``features_flip`` float16 (B, h, w, c), one image per chunk.  Root attribute
+``contents`` lists the arrays; ``skipped_json`` the unreadable images.  When the final
+shards cache the grids, a staging file is moved into ``shards/`` as
+``partPPPofNNN-SSSSS.grids.h5`` and its shard links to its ``features`` / ``features_flip``
+(HDF5 external links, resolved in the shard's folder): the grids are written once.  Other
+staging files are deleted as the shards holding their images are written, and the folder
+once the manifest is.
 """
 
 from __future__ import annotations
@@ -211,41 +215,116 @@ def encoded_path(directory: str | Path, part: int, num_parts: int, seq: int) -> 
     return Path(directory) / ENCODED_DIR / f"part{part:03d}of{num_parts:03d}-{seq:05d}.h5"
 
 
-def write_encoded(path: str | Path, header: ArtifactHeader, image_ids: Sequence[str],
-                  arrays: dict[str, np.ndarray], *, skipped: dict[str, str] | None = None,
-                  grid_compression: str | None = None,
-                  dataset_attrs: dict[str, dict[str, Any]] | None = None,
-                  committer: BackgroundCommitter | None = None) -> Path:
-    """Write one staging file atomically (``*.tmp`` then rename).
+class _Aborted(Exception):
+    """Thrown into a staging file's write to discard it."""
+
+
+class EncodedFileWriter:
+    """One staging file, written batch by batch; it appears at ``path`` on :meth:`close`.
+
+    Contents: ``image_ids``; ``label`` int64 (B,), ``image_size`` int32 (B, 2), ``pooled``
+    float32 (B, c); optional ``features`` / ``features_flip`` float16 (B, h, w, c), laid
+    out as the final shards lay out their arrays (one image per chunk, ``grid_compression``),
+    so that the file can become a shard's grid file unchanged.  Root attributes: the stage's
+    header, ``contents`` (the arrays' names) and ``skipped_json`` (unreadable images).
+
+    The grids go into the temporary file as each batch arrives, so a file's worth of grids
+    (hundreds of MB) is neither held in memory nor copied into one array; the small arrays
+    are kept and written on close.  The file is written atomically (``*.tmp``, renamed on
+    close; through ``committer`` when given, whose ``wait()`` puts it in place);
+    :meth:`abort`, or an exception inside ``with``, deletes the temporary file.
 
     Args:
-        image_ids: B ids; row i of every array belongs to ``image_ids[i]``.
-        arrays: name -> array with leading dimension B (``label`` int64, ``image_size``
-            int32 (B, 2), ``pooled`` float32 (B, c), optional ``features``/``features_flip``
-            float16 (B, h, w, c)).  Laid out as the final shards lay out their arrays (one
-            image per chunk), so that the file can become a shard's grid file unchanged.
-        skipped: unreadable images of the batch, id -> reason.
-        grid_compression: HDF5 filter of ``features``/``features_flip`` (None = raw); the
-            other arrays are stored raw.
+        expected_grid_bytes: about how many bytes of grids the file will hold (decides
+            how it is built, see :func:`tedloc.artifacts.atomic.atomic_h5`).
         dataset_attrs: name -> attributes of that dataset.
-        committer: fsync and rename in this committer's thread (the file is in place once
-            its ``wait()`` returns); None: before returning.
     """
-    path = Path(path)
-    for name, array in arrays.items():
-        if len(array) != len(image_ids):
-            raise ValueError(f"array {name!r} has {len(array)} rows for {len(image_ids)} ids")
-    compression = {name: grid_compression if name in GRID_ARRAYS else None for name in arrays}
-    size = sum(np.asarray(array).nbytes for array in arrays.values())
-    with atomic_h5(path, size_hint=size, committer=committer) as handle:
-        write_header_attrs(handle, header)
-        handle.attrs["format"] = ENCODED_FORMAT
-        handle.attrs["contents"] = json.dumps(sorted(arrays))
-        handle.attrs["skipped_json"] = json.dumps(skipped or {}, sort_keys=True)
-        handle.create_dataset("image_ids", data=np.array(list(image_ids), dtype=object),
-                              dtype=h5py.string_dtype())
-        write_arrays(handle, arrays, compression=compression, dataset_attrs=dataset_attrs)
-    return path
+
+    def __init__(self, path: str | Path, header: ArtifactHeader, *, part: int, num_parts: int, seq: int,
+                 grid_compression: str | None = None, expected_grid_bytes: int = 0,
+                 dataset_attrs: dict[str, dict[str, Any]] | None = None,
+                 committer: BackgroundCommitter | None = None):
+        self.path = Path(path)
+        self.entry = EncodedFile(path=self.path, part=part, num_parts=num_parts, seq=seq, ids=[],
+                                 skipped={}, contents=())
+        self.header = header
+        self.grid_compression = grid_compression
+        self.dataset_attrs = dataset_attrs or {}
+        self._small: dict[str, list[np.ndarray]] = {}
+        self._context = atomic_h5(self.path, size_hint=expected_grid_bytes, committer=committer)
+        self._handle = self._context.__enter__()
+        self._open = True
+
+    @property
+    def num_images(self) -> int:
+        """Images added so far, readable or not."""
+        return len(self.entry.ids) + len(self.entry.skipped)
+
+    def append(self, image_ids: Sequence[str], arrays: dict[str, np.ndarray],
+               skipped: dict[str, str] | None = None) -> None:
+        """Add B rows: ``arrays`` maps each name to an array with leading dimension B
+        (the same names every call), row i belonging to ``image_ids[i]``."""
+        for name, array in arrays.items():
+            if len(array) != len(image_ids):
+                raise ValueError(f"array {name!r} has {len(array)} rows for {len(image_ids)} ids")
+        for name, array in arrays.items():
+            if name in GRID_ARRAYS:
+                self._append_grid(name, np.asarray(array))
+            else:
+                self._small.setdefault(name, []).append(np.asarray(array))
+        self.entry.ids.extend(image_ids)
+        self.entry.skipped.update(skipped or {})
+
+    def _append_grid(self, name: str, array: np.ndarray) -> None:
+        dset = self._handle.get(name)
+        if dset is None:
+            row = array.shape[1:]
+            dset = self._handle.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=array.dtype,
+                                               chunks=(1, *row), compression=self.grid_compression)
+            for key, value in self.dataset_attrs.get(name, {}).items():
+                dset.attrs[key] = value
+        start = len(dset)
+        dset.resize(start + len(array), axis=0)
+        if len(array):
+            dset[start:] = array
+
+    def close(self) -> EncodedFile:
+        """Write the rest and publish the file; returns its index entry."""
+        if not self._open:
+            raise ValueError(f"{self.path}: already closed")
+        self._open = False
+        try:
+            handle = self._handle
+            names = sorted({*self._small, *(n for n in GRID_ARRAYS if n in handle)})
+            write_header_attrs(handle, self.header)
+            handle.attrs["format"] = ENCODED_FORMAT
+            handle.attrs["contents"] = json.dumps(names)
+            handle.attrs["skipped_json"] = json.dumps(self.entry.skipped, sort_keys=True)
+            handle.create_dataset("image_ids", data=np.array(self.entry.ids, dtype=object),
+                                  dtype=h5py.string_dtype())
+            small = {name: np.concatenate(parts) for name, parts in self._small.items()}
+            write_arrays(handle, small, compression=dict.fromkeys(small), dataset_attrs=self.dataset_attrs)
+        except BaseException as exc:
+            self._context.__exit__(type(exc), exc, exc.__traceback__)  # deletes the temporary file
+            raise
+        self._context.__exit__(None, None, None)
+        self.entry.contents = tuple(names)
+        return self.entry
+
+    def abort(self) -> None:
+        """Discard the file (its temporary file is deleted)."""
+        if self._open:
+            self._open = False
+            self._context.__exit__(_Aborted, _Aborted(), None)
+
+    def __enter__(self) -> EncodedFileWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._open:
+            self.close()
 
 
 def grid_file_name(shard_name: str) -> str:

@@ -56,6 +56,7 @@ from tedloc.artifacts.pseudo_labels import (
     STAGE_DIR,
     SUPPORTED_VERSIONS,
     EncodedFile,
+    EncodedFileWriter,
     encoded_path,
     promote_to_grid_file,
     read_classifier,
@@ -64,7 +65,6 @@ from tedloc.artifacts.pseudo_labels import (
     remove_encoded,
     scan_encoded,
     write_classifier_once,
-    write_encoded,
 )
 from tedloc.artifacts.store import ArtifactHeader, ShardedReader, ShardedWriter, shard_of
 from tedloc.config import hash_json
@@ -247,52 +247,52 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
                                batch_size=config.batch_size, num_workers=config.num_workers,
                                on_bad_image=config.on_bad_image)
     files: list[EncodedFile] = []
-    ids: list[str] = []
-    skipped: dict[str, str] = {}
-    parts: dict[str, list[np.ndarray]] = {}
+    grid_bytes = h * w * c * 2 * (int(stage_grid) + int(stage_flip))  # float16, per image
     done = 0
-
-    def write_staging_file() -> None:
-        nonlocal ids, skipped, parts
-        seq = first_seq + len(files)
-        arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-        path = write_encoded(encoded_path(directory, part, num_parts, seq), header, ids, arrays,
-                             skipped=skipped, grid_compression=_feature_compression(config)["features"],
-                             dataset_attrs=dataset_attrs, committer=committer)
-        files.append(EncodedFile(path=path, part=part, num_parts=num_parts, seq=seq, ids=ids,
-                                 skipped=skipped, contents=tuple(sorted(arrays))))
-        ids, skipped, parts = [], {}, {}
-        if AFTER_ENCODE_HOOK is not None:
-            AFTER_ENCODE_HOOK(done)
-
     with BackgroundCommitter() as committer:
-        for batch in tqdm(loader, desc="pseudo-labels: encode", unit="batch"):
-            if batch.bad:
-                log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
-            n = len(batch)
-            arrays: dict[str, np.ndarray] = {"label": batch.labels.astype(np.int64),
-                                             "image_size": batch.sizes.astype(np.int32)}
-            if n:
-                pooled, grid, flip_grid = encode_batch(encoder, batch.pixels, with_flip=stage_flip,
-                                                       forward_batch=forward_batch)
-                arrays["pooled"] = pooled.float().cpu().numpy()
-                if stage_grid:
-                    arrays["features"] = grid.to(torch.float16).cpu().numpy()
-                if flip_grid is not None:
-                    arrays["features_flip"] = flip_grid.to(torch.float16).cpu().numpy()
-            else:  # every image of the batch was unreadable: empty arrays of the right shapes
-                arrays["pooled"] = np.zeros((0, c), np.float32)
-                for name in staged_contents(stage_grid, stage_flip) - set(_STAGED_ALWAYS):
-                    arrays[name] = np.zeros((0, h, w, c), np.float16)
-            ids.extend(batch.ids)
-            skipped.update(batch.bad)
-            for name, array in arrays.items():
-                parts.setdefault(name, []).append(array)
-            done += n + len(batch.bad)
-            if len(ids) + len(skipped) >= config.shard_size:
-                write_staging_file()
-        if ids or skipped:
-            write_staging_file()
+        current: EncodedFileWriter | None = None
+        try:
+            for batch in tqdm(loader, desc="pseudo-labels: encode", unit="batch"):
+                if batch.bad:
+                    log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
+                n = len(batch)
+                arrays: dict[str, np.ndarray] = {"label": batch.labels.astype(np.int64),
+                                                 "image_size": batch.sizes.astype(np.int32)}
+                if n:
+                    pooled, grid, flip_grid = encode_batch(encoder, batch.pixels, with_flip=stage_flip,
+                                                           forward_batch=forward_batch)
+                    arrays["pooled"] = pooled.float().cpu().numpy()
+                    if stage_grid:
+                        arrays["features"] = grid.to(torch.float16).cpu().numpy()
+                    if flip_grid is not None:
+                        arrays["features_flip"] = flip_grid.to(torch.float16).cpu().numpy()
+                else:  # every image of the batch was unreadable: empty arrays of the right shapes
+                    arrays["pooled"] = np.zeros((0, c), np.float32)
+                    for name in staged_contents(stage_grid, stage_flip) - set(_STAGED_ALWAYS):
+                        arrays[name] = np.zeros((0, h, w, c), np.float16)
+                if current is None:
+                    seq = first_seq + len(files)
+                    current = EncodedFileWriter(
+                        encoded_path(directory, part, num_parts, seq), header, part=part, num_parts=num_parts,
+                        seq=seq, grid_compression=_feature_compression(config)["features"],
+                        expected_grid_bytes=grid_bytes * min(config.shard_size, len(records)),
+                        dataset_attrs=dataset_attrs, committer=committer)
+                current.append(batch.ids, arrays, batch.bad)
+                done += n + len(batch.bad)
+                if current.num_images >= config.shard_size:
+                    files.append(current.close())
+                    current = None
+                    if AFTER_ENCODE_HOOK is not None:
+                        AFTER_ENCODE_HOOK(done)
+            if current is not None:
+                files.append(current.close())
+                current = None
+                if AFTER_ENCODE_HOOK is not None:
+                    AFTER_ENCODE_HOOK(done)
+        except BaseException:
+            if current is not None:
+                current.abort()
+            raise
     return files
 
 
