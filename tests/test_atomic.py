@@ -50,6 +50,13 @@ def test_large_files_with_room_are_written_by_hdf5(tmp_path, monkeypatch):
         assert handle["features"].chunks == (1, 3, 3, 5)
 
 
+def test_a_large_file_in_a_folder_not_made_yet_is_written_by_hdf5_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "DIRECT_WRITE_MIN_BYTES", GRIDS.nbytes)
+    written = _plain_writes(monkeypatch)
+    _write(tmp_path / "encoded" / "large.h5", size_hint=GRIDS.nbytes)
+    assert written == [] and (tmp_path / "encoded" / "large.h5").is_file()
+
+
 def test_large_files_on_a_disk_short_of_room_are_built_in_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "DIRECT_WRITE_MIN_BYTES", GRIDS.nbytes)
     monkeypatch.setattr(atomic, "has_room_for", lambda directory, size: False)

@@ -365,8 +365,9 @@ def test_diagnostic_scores_an_even_sample_when_capped(data, tmp_path):
     assert (capped["num_images"], capped["num_images_with_boxes"]) == (5, 20)
 
 
-def test_diagnostic_is_the_same_in_worker_processes(data, tmp_path, monkeypatch):
+def test_diagnostic_is_the_same_in_worker_processes_and_in_any_chunks(data, tmp_path, monkeypatch):
     from tedloc.data.open import open_dataset
+    from tedloc.pipeline import box_diagnostic
     from tedloc.pipeline.metrics import threshold_grid
 
     stage.run(_config(data), workdir=tmp_path / "w")
@@ -374,8 +375,35 @@ def test_diagnostic_is_the_same_in_worker_processes(data, tmp_path, monkeypatch)
     with open_pseudo_labels(tmp_path / "w") as art:
         ids = art.ids
         cams, sizes = art.read_many("cam", ids), art.read_many("image_size", ids)
-    records = [by_id[i] for i in ids]
-    monkeypatch.setattr(stage, "_DIAGNOSTIC_CHUNK", 3)  # 7 tasks over 20 images
-    serial = stage.maxboxacc_v2(cams, records, sizes, threshold_grid(0.01), workers=1)
-    parallel = stage.maxboxacc_v2(cams, records, sizes, threshold_grid(0.01), workers=2)
+    boxes = [by_id[i].boxes for i in ids]
+    thresholds = threshold_grid(0.01)
+    serial = box_diagnostic.maxboxacc_v2(cams, boxes, sizes, ids, thresholds, workers=1)
+    monkeypatch.setattr(box_diagnostic, "CHUNK", 3)  # 7 tasks over 20 images
+    parallel = box_diagnostic.maxboxacc_v2(cams, boxes, sizes, ids, thresholds, workers=2)
     assert serial is not None and parallel == serial
+    with box_diagnostic.BoxDiagnostic(thresholds, workers=2) as pieces:  # as the stage adds them
+        for part in (slice(0, 5), slice(5, 6), slice(6, 20)):
+            pieces.add(ids[part], cams[part], boxes[part], sizes[part])
+        with pytest.raises(ValueError, match="scored twice"):
+            pieces.add(ids[:1], cams[:1], boxes[:1], sizes[:1])
+        assert pieces.value() == serial
+    manifest = json.loads((tmp_path / "w/pseudo_labels/manifest.json").read_text())
+    assert manifest["diagnostic"]["maxboxacc_v2"] == round(serial, 2)
+
+
+def test_diagnostic_of_a_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
+    """Maps of the first run are scored from the shards, those of the second as made."""
+    reference = json.loads(stage.run(_config(data), workdir=tmp_path / "ref").read_text())["diagnostic"]
+
+    def interrupt_after_8(done: int) -> None:
+        if done >= 8:
+            raise _Interrupt
+
+    stage.AFTER_BATCH_HOOK = interrupt_after_8
+    try:
+        with pytest.raises(_Interrupt):
+            stage.run(_config(data), workdir=tmp_path / "w")
+    finally:
+        stage.AFTER_BATCH_HOOK = None
+    resumed = json.loads(stage.run(_config(data), workdir=tmp_path / "w").read_text())["diagnostic"]
+    assert resumed == reference

@@ -125,6 +125,7 @@ def atomic_h5(path: str | Path, *, size_hint: int = 0,
         committer: defer the fsync and rename to this committer's thread.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # so that its disk can be asked
     direct = size_hint >= DIRECT_WRITE_MIN_BYTES and has_room_for(path.parent, size_hint)
     with atomic_path(path, committer=committer) as tmp:
         if direct:

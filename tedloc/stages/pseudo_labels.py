@@ -72,6 +72,7 @@ from tedloc.configs.pseudo_labels import Config
 from tedloc.data.records import Dataset, Record
 from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
 from tedloc.pipeline import cam as cam_ops
+from tedloc.pipeline.box_diagnostic import BoxDiagnostic, diagnostic_sample
 from tedloc.pipeline.image_encoders import (
     ImageEncoder,
     build_image_encoder,
@@ -87,7 +88,6 @@ log = logging.getLogger(__name__)
 AFTER_BATCH_HOOK: Callable[[int], None] | None = None
 #: The same after every staged batch of step 1 (encode).
 AFTER_ENCODE_HOOK: Callable[[int], None] | None = None
-DIAGNOSTIC_SIZE = 224
 
 
 def resolve_sharding(config: Config) -> tuple[int, int]:
@@ -210,14 +210,26 @@ def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool
     return joined(pooled), joined(grids), (joined(flips) if with_flip else None)
 
 
+#: Images per CAM computation: a chunk's float32 copy of the grids (17.5 MB for Lite0) is
+#: small enough to be recycled by the allocator instead of page-faulted in afresh.
+CAM_CHUNK = 16
+
+
 def cam_from_grid(grid: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """float32 (B, h, w) CAM of ``labels`` in [0, 1] from a (B, h, w, c) grid.
 
     The grid is rounded to float16 first, so that a map is the CAM of exactly the features
     the artifact caches, and the same whether it came from a staged grid or a fresh forward.
+    Computed ``CAM_CHUNK`` images at a time (each map depends only on its own image).
     """
-    grid = grid.to(torch.float16).float()
-    return cam_ops.minmax_normalize(cam_ops.class_activation_maps(grid, weight, labels))
+    parts = []
+    for start in range(0, len(grid), CAM_CHUNK):
+        chunk = grid[start:start + CAM_CHUNK].to(torch.float16).float()
+        parts.append(cam_ops.minmax_normalize(
+            cam_ops.class_activation_maps(chunk, weight, labels[start:start + CAM_CHUNK])))
+    if not parts:
+        return grid.new_zeros((0, *grid.shape[1:3]), dtype=torch.float32)
+    return torch.cat(parts)
 
 
 # ----------------------------------------------------------------------------- step 1: encode
@@ -458,7 +470,7 @@ def _feature_compression(config: Config) -> dict[str, str | None]:
 def _map_rows(config: Config, encoder: ImageEncoder, maps: torch.Tensor, labels: np.ndarray,
               sizes: np.ndarray) -> dict[str, np.ndarray]:
     """The per-image rows of the final shards from float32 (B, h, w) maps."""
-    up = cam_ops.upsample_maps(maps, encoder.input_size).cpu().numpy()
+    up = cam_ops.upsample_maps(maps, encoder.input_size).numpy()
     return {
         "label": labels.astype(np.int64),
         "image_size": sizes.astype(np.int32),
@@ -469,7 +481,7 @@ def _map_rows(config: Config, encoder: ImageEncoder, maps: torch.Tensor, labels:
 
 def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[EncodedFile],
                       pending: set[str], writer: ShardedWriter, *, method: str, weight: np.ndarray,
-                      has_features: bool, has_flip: bool) -> None:
+                      has_features: bool, has_flip: bool, scoring: _DiagnosticScoring) -> None:
     """Step 3 without the encoder: CAMs from the staged grids, final shards, staging cleanup.
 
     When the shards cache the grids, a staging file whose images are all pending becomes the
@@ -500,6 +512,7 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
             grid = torch.from_numpy(staged["features"]).to(encoder.device)
             arrays = _map_rows(config, encoder, cam_from_grid(grid, weight_t, labels),
                                staged["label"], staged["image_size"])
+            scoring.add([entry.ids[row] for row in rows], arrays)
             for name in copied:
                 arrays[name] = staged[name]
         if promote:
@@ -599,20 +612,23 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                            stage_flip=stage_flip, dataset_attrs=_dataset_attrs(config, encoder, method))
         weight, bias, clf_attrs = get_classifier(directory, header, encoder, dataset, records, config,
                                                  staged=own + others)
-        if pending and stage_grid:
-            _maps_from_staged(config, encoder, own, pending_set, writer, method=method, weight=weight,
-                              has_features=has_features, has_flip=has_flip)
-        elif pending:
-            _compute(config, encoder, dataset, [r for r in records if r.image_id in pending_set],
-                     writer, method=method, weight=weight, has_features=has_features, has_flip=has_flip,
-                     staged=own)
-        return _finish(config, writer, dataset, records, encoder, method=method,
-                       has_features=has_features, has_flip=has_flip, clf_attrs=clf_attrs)
+        # One process scores its maps for the diagnostic as it makes them (in worker
+        # processes, beside the maps); with several, the last to finish scores them all.
+        with _DiagnosticScoring(config, records, while_mapping=num_shards == 1) as scoring:
+            if pending and stage_grid:
+                _maps_from_staged(config, encoder, own, pending_set, writer, method=method, weight=weight,
+                                  has_features=has_features, has_flip=has_flip, scoring=scoring)
+            elif pending:
+                _compute(config, encoder, dataset, [r for r in records if r.image_id in pending_set],
+                         writer, method=method, weight=weight, has_features=has_features, has_flip=has_flip,
+                         staged=own, scoring=scoring)
+            return _finish(config, writer, dataset, records, encoder, method=method,
+                           has_features=has_features, has_flip=has_flip, clf_attrs=clf_attrs, scoring=scoring)
 
 
 def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: list[Record],
              writer: ShardedWriter, *, method: str, weight: np.ndarray, has_features: bool,
-             has_flip: bool, staged: Sequence[EncodedFile]) -> None:
+             has_flip: bool, staged: Sequence[EncodedFile], scoring: _DiagnosticScoring) -> None:
     """Step 3 of the two-pass fallback: decode and encode ``records`` again for their maps."""
     clip_es = None
     if method == "clip-es":
@@ -641,6 +657,7 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
                                                  want_grid=has_features, want_flip=has_flip,
                                                  forward_batch=resolve_forward_batch(config, encoder))
             arrays = _map_rows(config, encoder, maps, batch.labels, batch.sizes)
+            scoring.add(batch.ids, arrays)
             if grid is not None:
                 arrays["features"] = grid.to(torch.float16).cpu().numpy()
             if flip_grid is not None:
@@ -655,95 +672,75 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
 
 # ----------------------------------------------------------------------------- finish
 
-#: Images per task of the diagnostic's worker processes.
-_DIAGNOSTIC_CHUNK = 64
+class _DiagnosticScoring:
+    """The diagnostic (MaxBoxAccV2 of the maps against the split's GT boxes; never used to
+    make the pseudo-labels) over an evenly spaced sample of at most ``diagnostic_images``
+    of the split's images with boxes, in split order.
 
-
-def _diagnostic_hits(cams: np.ndarray, boxes: Sequence[np.ndarray], sizes: np.ndarray, ids: Sequence[str],
-                     thresholds: np.ndarray, deltas: Sequence[int]) -> np.ndarray:
-    """float (len(deltas), T): per IoU cut and threshold, how many of these images have a
-    box of their map (at 224×224) matching a GT box."""
-    from tedloc.pipeline.metrics import best_ious, evaluation_map, gt_boxes_at_eval_size
-
-    hits = np.zeros((len(deltas), len(thresholds)))
-    for scoremap, gt_original, size, image_id in zip(cams, boxes, sizes, ids, strict=True):
-        smap = evaluation_map(np.asarray(scoremap, np.float32), DIAGNOSTIC_SIZE, image_id=image_id)
-        gt = gt_boxes_at_eval_size(gt_original, (int(size[0]), int(size[1])), DIAGNOSTIC_SIZE)
-        ious = best_ious(smap, gt, thresholds, multi_contour=True)
-        for d, delta in enumerate(deltas):
-            hits[d] += ious >= delta / 100
-    return hits
-
-
-def _diagnostic_task(args: tuple) -> np.ndarray:
-    return _diagnostic_hits(*args)
-
-
-def maxboxacc_v2(cams: np.ndarray, records: Sequence[Record], sizes: np.ndarray,
-                 thresholds: np.ndarray, deltas: Sequence[int] = (30, 50, 70), *,
-                 workers: int = 1) -> float | None:
-    """MaxBoxAccV2 (%) of grid maps (N, h, w) against the records' GT boxes at 224×224; None
-    when no record has boxes.  ``sizes``: int (N, 2) original (width, height).
-
-    The work (contour search at 100 thresholds, about 3-7 ms of CPU per image) is split over
-    ``workers`` processes in chunks of 64 images; it runs after the encoder, when the cores
-    are free.  Processes, not threads: the per-threshold Python work holds the GIL.
+    With ``while_mapping`` the maps are scored as they are made (:meth:`add`, in worker
+    processes beside the stage's own work); :meth:`value` scores the sample's images not
+    scored yet (made by an earlier run, or another process) from the shards.  The value is
+    the same either way: the counts of hits add up over images.
     """
-    if not len(cams) == len(records) == len(sizes):
-        raise ValueError(f"{len(cams)} maps, {len(records)} records and {len(sizes)} sizes")
-    scored = [i for i, record in enumerate(records) if len(record.boxes)]
-    if not scored:
-        return None
-    tasks = [(np.asarray(cams)[chunk], [records[i].boxes for i in chunk], np.asarray(sizes)[chunk],
-              [records[i].image_id for i in chunk], thresholds, tuple(deltas))
-             for chunk in (scored[k:k + _DIAGNOSTIC_CHUNK] for k in range(0, len(scored), _DIAGNOSTIC_CHUNK))]
-    workers = min(workers, len(tasks))
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        # fork: the children only need numpy and OpenCV, and start at once.
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            hits = sum(pool.map(_diagnostic_task, tasks))
-    else:
-        hits = sum(map(_diagnostic_task, tasks))
-    return float(np.mean((hits / len(scored)).max(axis=1)) * 100)
+    def __init__(self, config: Config, records: Sequence[Record], *, while_mapping: bool):
+        from tedloc.pipeline.metrics import threshold_grid
 
+        self.by_id = {r.image_id: r for r in records}
+        with_boxes = [r.image_id for r in records if len(r.boxes)] if config.diagnostic else []
+        self.sample = diagnostic_sample(with_boxes, config.diagnostic_images)
+        self._sampled = set(self.sample)
+        self.while_mapping = while_mapping
+        self.scorer = BoxDiagnostic(threshold_grid(0.01),
+                                    workers=config.diagnostic_workers or os.cpu_count() or 1)
 
-def diagnostic_sample(ids: Sequence[str], limit: int) -> list[str]:
-    """At most ``limit`` of ``ids`` (0 = all), evenly spaced in their order: deterministic,
-    and spread over the split (class-sorted splits keep every part represented)."""
-    if limit <= 0 or len(ids) <= limit:
-        return list(ids)
-    return [ids[int(i)] for i in np.linspace(0, len(ids) - 1, limit).round().astype(int)]
+    def add(self, ids: Sequence[str], arrays: dict[str, np.ndarray]) -> None:
+        """Score the sampled images among N fresh map rows (``cam``, ``image_size``)."""
+        if not self.while_mapping:
+            return
+        rows = [k for k, image_id in enumerate(ids) if image_id in self._sampled]
+        if rows:
+            self.scorer.add([ids[k] for k in rows], arrays["cam"][rows],
+                            [self.by_id[ids[k]].boxes for k in rows], arrays["image_size"][rows])
+
+    def value(self, reader: ShardedReader) -> dict[str, Any] | None:
+        """The manifest's ``diagnostic`` entry once every image is in ``reader``; None
+        when the split has no GT boxes (or the diagnostic is off)."""
+        if not self.sample:
+            return None
+        present = set(reader.ids)
+        ids = [i for i in self.sample if i in present]  # unreadable images have no map
+        rest = [i for i in ids if i not in self.scorer.scored]
+        if rest:
+            self.scorer.add(rest, reader.read_many("cam", rest), [self.by_id[i].boxes for i in rest],
+                            reader.read_many("image_size", rest))
+        value = self.scorer.value()
+        if value is None:
+            return None
+        with_boxes = sum(1 for i in reader.ids if i in self.by_id and len(self.by_id[i].boxes))
+        log.info("diagnostic (GT boxes, not used for training): pseudo-label MaxBoxAccV2 = %.2f "
+                 "on %d of %d images with boxes", value, len(ids), with_boxes)
+        return {"maxboxacc_v2": round(value, 2), "num_images": len(ids), "num_images_with_boxes": with_boxes,
+                "note": "diagnostic only: the pseudo-label maps against the split's GT boxes; "
+                        "GT is never used to make or train on pseudo-labels"}
+
+    def __enter__(self) -> _DiagnosticScoring:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.scorer.close()
 
 
 def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Sequence[Record],
             encoder: ImageEncoder, *, method: str, has_features: bool, has_flip: bool,
-            clf_attrs: dict) -> Path:
+            clf_attrs: dict, scoring: _DiagnosticScoring) -> Path:
     all_ids = [r.image_id for r in records]
     diagnostic: dict[str, Any] | None = None
     with ShardedReader(writer.directory, FORMAT, supported_versions=SUPPORTED_VERSIONS,
                        allow_partial=True) as reader:
         complete = set(all_ids) <= set(reader.ids) | set(reader.skipped)
-        if complete and config.diagnostic and any(len(r.boxes) for r in records):
-            from tedloc.pipeline.metrics import threshold_grid
-
-            by_id = dataset.by_id()
-            with_boxes = [i for i in reader.ids if i in by_id and len(by_id[i].boxes)]
-            ids = diagnostic_sample(with_boxes, config.diagnostic_images)
-            value = maxboxacc_v2(reader.read_many("cam", ids), [by_id[i] for i in ids],
-                                 reader.read_many("image_size", ids), threshold_grid(0.01),
-                                 workers=config.diagnostic_workers or os.cpu_count() or 1)
-            if value is not None:
-                diagnostic = {"maxboxacc_v2": round(value, 2), "num_images": len(ids),
-                              "num_images_with_boxes": len(with_boxes),
-                              "note": "diagnostic only: the pseudo-label maps against the split's GT boxes; "
-                                      "GT is never used to make or train on pseudo-labels"}
-                log.info("diagnostic (GT boxes, not used for training): pseudo-label MaxBoxAccV2 = %.2f "
-                         "on %d of %d images with boxes", value, len(ids), len(with_boxes))
+        if complete:
+            diagnostic = scoring.value(reader)
     if not complete:
         log.info("pseudo-labels: this part is done; the manifest is written by the last part to finish")
         return writer.directory
