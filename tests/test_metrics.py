@@ -232,3 +232,38 @@ def test_per_class_and_curves_and_images_without_boxes():
 
 def test_topk_hits_caps_k_at_num_classes():
     assert topk_hits(np.array([0.0, 1.0]), 0, (1, 5)) == {1: False, 5: True}
+
+
+def _boxes_reference(scoremap_u8, threshold, multi_contour):
+    """wsolevaluation's per-threshold box extraction, written out plainly."""
+    import cv2
+
+    height, width = scoremap_u8.shape
+    _, binary = cv2.threshold(scoremap_u8, int(threshold * np.max(scoremap_u8)), 255, cv2.THRESH_BINARY)
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    if len(contours) == 0:
+        return np.zeros((1, 4), np.int64)
+    if not multi_contour:
+        contours = [max(contours, key=cv2.contourArea)]
+    boxes = []
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
+    return np.asarray(boxes, np.int64)
+
+
+def test_boxes_at_every_threshold_match_the_reference_on_random_maps():
+    import cv2
+
+    from tedloc.pipeline.boxes import boxes_at_thresholds, scoremap_to_uint8
+    from tedloc.pipeline.metrics import evaluation_map, threshold_grid
+
+    rng = np.random.default_rng(3)
+    thresholds = threshold_grid(0.01)
+    for k in range(40):  # blobby and noisy maps: many contours and holes
+        grid = cv2.GaussianBlur(rng.random((14, 14)).astype(np.float32), (0, 0), 0.3 + 0.3 * (k % 5))
+        u8 = scoremap_to_uint8(evaluation_map(grid, 224))
+        for multi in (True, False):
+            got = boxes_at_thresholds(u8, thresholds, multi_contour=multi)
+            for tau, boxes in zip(thresholds, got, strict=True):
+                np.testing.assert_array_equal(boxes, _boxes_reference(u8, tau, multi))

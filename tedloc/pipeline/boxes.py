@@ -34,18 +34,33 @@ def boxes_from_map(scoremap: np.ndarray, threshold: float, *, multi_contour: boo
         pixel is above the threshold.
     """
     image = scoremap_to_uint8(scoremap) if scoremap_u8 is None else scoremap_u8
-    height, width = image.shape
-    _, binary = cv2.threshold(image, int(threshold * image.max()), 255, cv2.THRESH_BINARY)
-    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    if len(contours) == 0:
-        return EMPTY_BOX.copy()
-    if not multi_contour:
-        contours = [max(contours, key=cv2.contourArea)]
-    boxes = []
-    for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
-    return np.asarray(boxes, dtype=np.int64)
+    return boxes_at_thresholds(image, [threshold], multi_contour=multi_contour)[0]
+
+
+def boxes_at_thresholds(scoremap_u8: np.ndarray, thresholds, *, multi_contour: bool) -> list[np.ndarray]:
+    """:func:`boxes_from_map` of one uint8 (H, W) map at each of ``thresholds``, in order.
+
+    The evaluation's inner loop (100 thresholds per image): the map's maximum is taken
+    once and boxes are built from ``cv2.boundingRect`` without per-box Python arithmetic.
+    Contours: ``cv2.findContours`` with ``RETR_TREE`` (holes included, as wsolevaluation);
+    a box is ``[x, y, min(x + w, W - 1), min(y + h, H - 1)]`` of a contour's bounding rect.
+    """
+    height, width = scoremap_u8.shape
+    top = int(scoremap_u8.max())
+    out = []
+    for tau in thresholds:
+        _, binary = cv2.threshold(scoremap_u8, int(float(tau) * top), 255, cv2.THRESH_BINARY)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        if len(contours) == 0:
+            out.append(EMPTY_BOX.copy())
+            continue
+        if not multi_contour:
+            contours = [max(contours, key=cv2.contourArea)]
+        rects = np.array([cv2.boundingRect(contour) for contour in contours], dtype=np.int64)
+        rects[:, 2] = np.minimum(rects[:, 0] + rects[:, 2], width - 1)
+        rects[:, 3] = np.minimum(rects[:, 1] + rects[:, 3], height - 1)
+        out.append(rects)
+    return out
 
 
 def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:

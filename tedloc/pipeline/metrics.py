@@ -34,7 +34,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from tedloc.pipeline.boxes import boxes_from_map, iou_matrix, rescale_boxes, scoremap_to_uint8
+from tedloc.pipeline.boxes import (
+    boxes_at_thresholds,
+    boxes_from_map,
+    iou_matrix,
+    rescale_boxes,
+    scoremap_to_uint8,
+)
 
 
 def threshold_grid(interval: float = 0.01) -> np.ndarray:
@@ -117,8 +123,7 @@ def best_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[f
         multi_contour: False for V1 (largest contour), True for V2 (every contour).
     """
     scoremap_u8 = scoremap_to_uint8(scoremap)
-    per_threshold = [boxes_from_map(scoremap, float(tau), multi_contour=multi_contour, scoremap_u8=scoremap_u8)
-                     for tau in thresholds]
+    per_threshold = boxes_at_thresholds(scoremap_u8, thresholds, multi_contour=multi_contour)
     # One IoU call over every threshold's boxes (numpy overhead dominates per-call cost).
     counts = np.array([len(b) for b in per_threshold])
     best_per_box = iou_matrix(np.concatenate(per_threshold), gt_boxes).max(axis=1)
