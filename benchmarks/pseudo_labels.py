@@ -7,7 +7,7 @@ temporary folder.  Each image count runs in its own process (so that peak memory
 one run), which measures, in that one run:
 
 * the **stage** (decode in workers, one encoder pass, classifier fit, CAMs, boxes, shards with
-  the cached features, manifest, diagnostic) in images/s, and the peak RSS (main process plus
+  the cached features, manifest, and the GT-box diagnostic unless --no-diagnostic) in images/s, and the peak RSS (main process plus
   its DataLoader workers, sampled every 100 ms: a sample costs 0.3 ms of CPU) while it runs;
 * the **bare encoder forward** over the same work on already-decoded, resized images: with
   flipped features cached (the default) the stage forwards N images + N flipped images, as
@@ -121,7 +121,7 @@ def one_run(args) -> dict:
                     batch_size=args.batch_size, num_workers=args.num_workers, device=str(device),
                     cache_flip_features=flip, cache_features="on", shard_size=args.shard_size,
                     feature_compression=args.feature_compression,
-                    forward_batch_size=args.forward_batch_size)
+                    forward_batch_size=args.forward_batch_size, diagnostic=not args.no_diagnostic)
     forward_batch = pseudo_labels.resolve_forward_batch(config, encoder)
 
     def bare_pass(resized) -> float:
@@ -188,6 +188,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="Stage runs per image count, alternating with bare passes; the median ratio is reported.")
     parser.add_argument("--no-flip", action="store_true", help="Do not cache flipped-image features.")
+    parser.add_argument("--no-diagnostic", action="store_true",
+                        help="The stage without its GT-box diagnostic (diagnostic=false; on by default).")
     parser.add_argument("--feature-compression", default="none", choices=["none", "lzf"],
                         help="The stage's feature_compression (its default: none).")
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child process
@@ -203,7 +205,7 @@ def main() -> int:
     print(f"encoder {args.encoder}, batch {args.batch_size}, forward batch "
           f"{args.forward_batch_size or 'auto'}, workers {args.num_workers}, "
           f"shard size {args.shard_size}, feature compression {args.feature_compression}, "
-          f"flipped features {'off' if args.no_flip else 'on'} "
+          f"flipped features {'off' if args.no_flip else 'on'}, diagnostic {'off' if args.no_diagnostic else 'on'} "
           f"(the stage forwards N images{'' if args.no_flip else ' + N flipped images'}; "
           "'bare' forwards the same inputs in the same forwards, before and after each stage run: "
           f"'drift' is after/before, bare img/s their mean; the median of {args.repeats} runs)")
@@ -217,6 +219,8 @@ def main() -> int:
                    "--forward-batch-size", str(args.forward_batch_size), "--repeats", str(args.repeats)]
         if args.no_flip:
             command.append("--no-flip")
+        if args.no_diagnostic:
+            command.append("--no-diagnostic")
         out = subprocess.run(command, check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{r['images']:>5} {r['bare_images_per_s']:>11.2f} {r['bare_forwards_per_s']:>11.2f} "

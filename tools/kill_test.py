@@ -94,6 +94,9 @@ def _h5_datasets(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as handle:
         handle.visititems(lambda name, obj: out.__setitem__(name, obj[()])
                           if isinstance(obj, h5py.Dataset) else None)
+        for name in handle:  # external links (a shard's grids in its grid file): not visited above
+            if isinstance(handle.get(name, getlink=True), h5py.ExternalLink):
+                out[name] = handle[name][()]
     return out
 
 
