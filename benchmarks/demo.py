@@ -161,7 +161,9 @@ def main() -> int:
         "and resized beforehand, in the stage's batches"
         + (" (pseudo-labels: forwards of [k images; k mirror images], the stage caches flipped features)"
            if flip else "")
-        + ".",
+        + ". The bare forward is timed after the demo, minutes from the stages, and this machine's "
+        "speed drifts by ±20% over minutes: these ratios are indicative only (above 1 is drift). "
+        "`benchmarks/pseudo_labels.py` alternates stage runs with bare passes for the measured ratio.",
         "",
         "| stage | images | stage images/s | bare encoder images/s | ratio |",
         "|---|---|---|---|---|",

@@ -144,7 +144,8 @@ def one_run(args) -> dict:
     sync()
     # Bare passes and stage runs alternate (bare, stage, bare, stage, ..., bare); each stage
     # run is compared with the mean of the bare passes on either side of it, so that the
-    # machine's speed drifting during the run favours neither side.  The median is reported.
+    # machine's speed drifting during the run favours neither side.  The median (for an even
+    # number of runs the lower of the two middle ones) is reported.
     bare = [bare_pass(resized)]
     del resized  # not held while the stage's peak memory is measured
     stage_s: list[float] = []
@@ -160,7 +161,7 @@ def one_run(args) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
         bare.append(bare_pass(decoded()))
     ratios = [(bare[k] + bare[k + 1]) / 2 / stage_s[k] for k in range(args.repeats)]
-    median = int(np.argsort(ratios)[len(ratios) // 2])
+    median = int(np.argsort(ratios)[(len(ratios) - 1) // 2])  # the lower middle for an even count
     bare_s = (bare[median] + bare[median + 1]) / 2
     forwards = 2 * n if flip else n
     return {"images": n, "device": str(device), "threads": torch.get_num_threads(),
