@@ -62,7 +62,7 @@ class Config(StageConfig):
     # training epoch that reads the cache); benchmarks/feature_compression.py, 2-core CPU.  The
     # encoder is far faster than that on a GPU, so lzf would bound the stage.  Same values.
     feature_compression: str = option("none", "HDF5 compression of the cached grids: none or lzf.")
-    shard_size: int = option(256, "Images per shard file.")
+    shard_size: int = option(256, "Images per shard file and per staging file (whole batches; about 280 MB of Lite0 grids with flips).")
     limit: int = option(0, "Use only N images of the split, balanced over classes, in file order (0 = all), e.g. for smoke runs.")
     on_bad_image: str = option("fail", "Unreadable image: fail (stop, naming it) or skip (record it in the manifest).")
     diagnostic: bool = option(True, "Report MaxBoxAccV2 of the maps against GT boxes, if any (diagnostic only).")
@@ -70,7 +70,7 @@ class Config(StageConfig):
     # 1.2M-image split would take over an hour; 2000 evenly spaced images take seconds.
     diagnostic_workers: int = option(0, "Processes scoring the diagnostic (0 = one per CPU core).")
     diagnostic_images: int = option(2000, "Images with GT boxes the diagnostic scores, evenly spaced in split order (0 = all).")
-    batch_size: int = option(64, "Images per decoded batch and staging file.")
+    batch_size: int = option(64, "Images per decoded batch.")
     # On a CPU small forward batches run much faster per image (they stay in cache): Lite0 with
     # flips on a 2-core CPU took 22-35 ms/image at 4-8 images, 59 at 32, 80 at 64.  On a GPU
     # the whole batch is one forward.  Outputs do not depend on it (beyond float rounding).

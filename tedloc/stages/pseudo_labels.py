@@ -6,9 +6,10 @@ Steps (one process, or each of ``num_shards`` processes on its part of the image
    (decoded in DataLoader workers).  With method ``cam`` and staged grids, images and their
    flips go through the same forwards, ``[k images; k flipped images]`` (flipped only when
    ``features_flip`` is cached; k = ``forward_batch_size``, 8 on a CPU, the whole batch on a
-   GPU), and everything later steps need is staged per batch in
-   ``<stage dir>/encoded/partPPPofNNN-SSSSS.h5`` (written atomically): labels, sizes, the
-   pooled vector, the grid and flipped grid (float16).  So the encoder runs exactly once per
+   GPU), and everything later steps need is staged per ``shard_size`` images in
+   ``<stage dir>/encoded/partPPPofNNN-SSSSS.h5`` (written batch by batch into its ``*.tmp``,
+   fsynced and renamed in a background thread): labels, sizes, the pooled vector, the grid
+   and flipped grid (float16).  So the encoder runs exactly once per
    image (and once per flipped image).  A killed run resumes with the images not staged.
 2. **Classifier** (``cam_classifier.h5``, written before any shard, reused on resume):
    multinomial logistic regression (``tedloc.pipeline.cam``) on the pooled vectors of
@@ -18,12 +19,15 @@ Steps (one process, or each of ``num_shards`` processes on its part of the image
    that one file wins and every process reads that one.  Fit for every method: the CAM
    baseline of the evaluate stage uses it.
 3. **Maps**: CAM of the GT class from each staged grid (no encoder), min–max to [0, 1];
-   pseudo box from the map upsampled to S×S at ``box_threshold``; written as final shards
-   of about ``shard_size`` images (whole staging files each); a staging file is deleted once
-   the shard holding its images is on disk.
+   pseudo box from the map upsampled to S×S (as the evaluation upsamples) at
+   ``box_threshold``; one final shard per staging file.  When the shards cache the grids,
+   the staging file itself becomes the shard's grid file (moved into ``shards/``; the shard
+   links to its grids), so the grids are written to disk once; otherwise the staging file
+   is deleted once the shard holding its images is on disk.
 4. **Manifest**: written by the process that finds every image done, with, when the split
    has GT boxes, the maps' MaxBoxAccV2 against them as a *diagnostic* (the GT is never used
-   to make the pseudo-labels); then ``encoded/`` is removed.
+   to make the pseudo-labels; a single process scores its maps in worker processes as step
+   3 makes them); then ``encoded/`` is removed.
 
 **Two-pass fallback.**  Grids are staged when the final shards cache them anyway, or when
 this part's grids (``n · h · w · c · 2`` bytes, no flips) fit ``cache_budget_gb``; otherwise
