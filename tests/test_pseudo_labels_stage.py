@@ -72,6 +72,21 @@ class _Interrupt(Exception):
     pass
 
 
+def _run_interrupted(config: Config, workdir: Path, *, hook: str, after: int) -> None:
+    """Run the stage, interrupted by ``stage.<hook>`` once ``after`` images are done."""
+
+    def interrupt(done: int) -> None:
+        if done >= after:
+            raise _Interrupt
+
+    setattr(stage, hook, interrupt)
+    try:
+        with pytest.raises(_Interrupt):
+            stage.run(config, workdir=workdir)
+    finally:
+        setattr(stage, hook, None)
+
+
 def test_resume_computes_only_the_rest(data, tmp_path):
     reference = stage.run(_config(data), workdir=tmp_path / "ref")
     counts: list[int] = []
@@ -235,16 +250,8 @@ def test_resume_after_interruption_while_encoding(data, tmp_path, forward_calls)
     reference = stage.run(_config(data), workdir=tmp_path / "ref").parent.parent
     classifier_ref = read_classifier(reference)
 
-    def interrupt_after_8(done: int) -> None:
-        if done >= 8:
-            raise _Interrupt  # after the first staging file (shard_size = 8 images)
-
-    stage.AFTER_ENCODE_HOOK = interrupt_after_8
-    try:
-        with pytest.raises(_Interrupt):
-            stage.run(_config(data), workdir=tmp_path / "w")
-    finally:
-        stage.AFTER_ENCODE_HOOK = None
+    # after the first staging file (shard_size = 8 images)
+    _run_interrupted(_config(data), tmp_path / "w", hook="AFTER_ENCODE_HOOK", after=8)
     staged = sorted(p.name for p in (tmp_path / "w/pseudo_labels/encoded").glob("*.h5"))
     assert staged == ["part000of001-00000.h5"]
     assert not (tmp_path / "w/pseudo_labels" / CLASSIFIER_FILE).exists()
@@ -259,16 +266,7 @@ def test_resume_after_interruption_while_encoding(data, tmp_path, forward_calls)
 def test_resume_after_interruption_while_writing_maps(data, tmp_path, forward_calls):
     reference = stage.run(_config(data), workdir=tmp_path / "ref").parent.parent
 
-    def interrupt_after_12(done: int) -> None:
-        if done >= 12:
-            raise _Interrupt
-
-    stage.AFTER_BATCH_HOOK = interrupt_after_12
-    try:
-        with pytest.raises(_Interrupt):
-            stage.run(_config(data), workdir=tmp_path / "w")
-    finally:
-        stage.AFTER_BATCH_HOOK = None
+    _run_interrupted(_config(data), tmp_path / "w", hook="AFTER_BATCH_HOOK", after=12)
     # staging files of 8 images each became a shard and its grid file (moved, not copied)
     # until the interruption after the second: the third (4 images) is still staged
     folder = tmp_path / "w/pseudo_labels"
@@ -395,15 +393,6 @@ def test_diagnostic_of_a_resumed_run_equals_an_uninterrupted_one(data, tmp_path)
     """Maps of the first run are scored from the shards, those of the second as made."""
     reference = json.loads(stage.run(_config(data), workdir=tmp_path / "ref").read_text())["diagnostic"]
 
-    def interrupt_after_8(done: int) -> None:
-        if done >= 8:
-            raise _Interrupt
-
-    stage.AFTER_BATCH_HOOK = interrupt_after_8
-    try:
-        with pytest.raises(_Interrupt):
-            stage.run(_config(data), workdir=tmp_path / "w")
-    finally:
-        stage.AFTER_BATCH_HOOK = None
+    _run_interrupted(_config(data), tmp_path / "w", hook="AFTER_BATCH_HOOK", after=8)
     resumed = json.loads(stage.run(_config(data), workdir=tmp_path / "w").read_text())["diagnostic"]
     assert resumed == reference

@@ -45,15 +45,14 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 _SHARD_RE = re.compile(r"^part(\d{3})of(\d{3})-(\d{5})\.h5$")
+#: Arrays at least this large per image are compressed (lzf: fast, always available in h5py).
+_COMPRESS_MIN_BYTES = 1024
 
 
 def is_shard_name(name: str) -> bool:
     """Whether a file name in ``shards/`` is a shard (``partPPPofNNN-SSSSS.h5``), not a file
     a shard links to."""
     return _SHARD_RE.match(name) is not None
-
-#: Arrays at least this large per image are compressed (lzf: fast, always available in h5py).
-_COMPRESS_MIN_BYTES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,7 +384,7 @@ class ShardedWriter:
             log.info("%d images still to do by other shards; manifest not written yet", len(missing))
             return None
         files = sorted(f"{SHARD_DIR}/{p.name}" for p in self.shard_dir.glob("*.h5")
-                       if _SHARD_RE.match(p.name))
+                       if is_shard_name(p.name))
         wanted = set(all_ids)
         extra = {"num_images": len(wanted - set(self._skipped)),
                  "skipped": {k: v for k, v in sorted(self._skipped.items()) if k in wanted},
@@ -410,7 +409,7 @@ class ShardedReader:
         if allow_partial and not (self.directory / MANIFEST).exists():
             self.manifest = None
             files = sorted(str(p.relative_to(self.directory))
-                           for p in (self.directory / SHARD_DIR).glob("*.h5") if _SHARD_RE.match(p.name))
+                           for p in (self.directory / SHARD_DIR).glob("*.h5") if is_shard_name(p.name))
         else:
             self.manifest = read_manifest(self.directory, expected_format, supported_versions)
             files = self.manifest["files"]

@@ -265,8 +265,16 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
     files: list[EncodedFile] = []
     grid_bytes = h * w * c * 2 * (int(stage_grid) + int(stage_flip))  # float16, per image
     done = 0
+    current: EncodedFileWriter | None = None
+
+    def close_current() -> None:
+        nonlocal current
+        files.append(current.close())
+        current = None
+        if AFTER_ENCODE_HOOK is not None:
+            AFTER_ENCODE_HOOK(done)
+
     with BackgroundCommitter() as committer:
-        current: EncodedFileWriter | None = None
         try:
             for batch in tqdm(loader, desc="pseudo-labels: encode", unit="batch"):
                 if batch.bad:
@@ -296,15 +304,9 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
                 current.append(batch.ids, arrays, batch.bad)
                 done += n + len(batch.bad)
                 if current.num_images >= config.shard_size:
-                    files.append(current.close())
-                    current = None
-                    if AFTER_ENCODE_HOOK is not None:
-                        AFTER_ENCODE_HOOK(done)
+                    close_current()
             if current is not None:
-                files.append(current.close())
-                current = None
-                if AFTER_ENCODE_HOOK is not None:
-                    AFTER_ENCODE_HOOK(done)
+                close_current()
         except BaseException:
             if current is not None:
                 current.abort()
