@@ -181,7 +181,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="The stage's batch_size (its default: 64).")
     parser.add_argument("--forward-batch-size", type=int, default=0,
                         help="The stage's forward_batch_size (its default 0: 8 on CPU, the batch on GPU).")
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=-1,
+                        help="The stage's num_workers (its default -1: none on a CPU, 8 on a GPU).")
     parser.add_argument("--device", default="auto")
     # Peak memory is bounded by shard_size images (a staging file's small arrays, one final
     # shard's maps), not by N.
@@ -204,7 +205,7 @@ def main() -> int:
         args.dataset = str(synthetic_tree(Path(tempfile.mkdtemp(prefix="tedloc-bench-")) / "data",
                                           max(args.images)))
     print(f"encoder {args.encoder}, batch {args.batch_size}, forward batch "
-          f"{args.forward_batch_size or 'auto'}, workers {args.num_workers}, "
+          f"{args.forward_batch_size or 'auto'}, decoding workers {'auto' if args.num_workers < 0 else args.num_workers}, "
           f"shard size {args.shard_size}, feature compression {args.feature_compression}, "
           f"flipped features {'off' if args.no_flip else 'on'}, diagnostic {'off' if args.no_diagnostic else 'on'} "
           f"(the stage forwards N images{'' if args.no_flip else ' + N flipped images'}; "

@@ -75,7 +75,10 @@ class Config(StageConfig):
     # flips on a 2-core CPU took 22-35 ms/image at 4-8 images, 59 at 32, 80 at 64.  On a GPU
     # the whole batch is one forward.  Outputs do not depend on it (beyond float rounding).
     forward_batch_size: int = option(0, "Images per encoder forward (0 = auto: 8 on CPU, batch_size on GPU).")
-    num_workers: int = option(2, "Image decoding worker processes (0 = decode in the main process).")
+    # auto: none on a CPU (each batch is decoded between forwards, in threads: worker
+    # processes decoding beside a CPU forward slowed it by ~20% on 2 cores), 8 (at most one
+    # per CPU) on an accelerator.  See tedloc/pipeline/image_loader.py.
+    num_workers: int = option(-1, "Image decoding worker processes (-1 = auto, 0 = decode in the main process).")
     device: str = option("auto", "Device: cpu, cuda, cuda:N or auto.")
     # 0 / -1 = from torchrun's WORLD_SIZE / RANK, else a single process.
     num_shards: int = option(0, "Processes splitting the images (0 = WORLD_SIZE or 1).")
@@ -105,9 +108,11 @@ class Config(StageConfig):
         for name in ("batch_size", "shard_size", "classifier_max_iter", "clip_es_attention_layers"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be at least 1, got {getattr(self, name)}")
-        if min(self.num_workers, self.limit, self.input_size, self.forward_batch_size,
-               self.diagnostic_images, self.diagnostic_workers) < 0:
-            bad("num_workers, limit, input_size, forward_batch_size, diagnostic_images and "
-                "diagnostic_workers must not be negative")
+        if min(self.limit, self.input_size, self.forward_batch_size, self.diagnostic_images,
+               self.diagnostic_workers) < 0:
+            bad("limit, input_size, forward_batch_size, diagnostic_images and diagnostic_workers "
+                "must not be negative")
+        if self.num_workers < -1:
+            bad(f"num_workers must be -1 (auto) or at least 0, got {self.num_workers}")
         if self.num_shards < 0 or (self.num_shards and not -1 <= self.shard_index < self.num_shards):
             bad(f"shard_index {self.shard_index} is outside 0..{self.num_shards - 1}")

@@ -83,7 +83,7 @@ from tedloc.pipeline.image_encoders import (
     image_encoder_fingerprint,
     resolve_device,
 )
-from tedloc.pipeline.image_loader import make_image_loader
+from tedloc.pipeline.image_loader import ImageLoader, make_image_loader, resolve_decode_workers
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,15 @@ def cam_from_grid(grid: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     return torch.cat(parts)
 
 
+def image_loader(config: Config, encoder: ImageEncoder, dataset: Dataset, records: Sequence[Record]
+                 ) -> ImageLoader:
+    """Decoded, resized batches of ``records`` for ``encoder`` (decoded where
+    :func:`resolve_decode_workers` says for ``config.num_workers``)."""
+    return make_image_loader(dataset, records, input_size=encoder.input_size, batch_size=config.batch_size,
+                             num_workers=resolve_decode_workers(config.num_workers, encoder.device),
+                             on_bad_image=config.on_bad_image)
+
+
 # ----------------------------------------------------------------------------- step 1: encode
 
 _STAGED_ALWAYS = ("label", "image_size", "pooled")
@@ -259,9 +268,7 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
     h, w = encoder.grid
     c = encoder.feature_dim
     forward_batch = resolve_forward_batch(config, encoder)
-    loader = make_image_loader(dataset, records, input_size=encoder.input_size,
-                               batch_size=config.batch_size, num_workers=config.num_workers,
-                               on_bad_image=config.on_bad_image)
+    loader = image_loader(config, encoder, dataset, records)
     files: list[EncodedFile] = []
     grid_bytes = h * w * c * 2 * (int(stage_grid) + int(stage_flip))  # float16, per image
     done = 0
@@ -319,9 +326,7 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
 def pooled_features(encoder: ImageEncoder, dataset: Dataset, records: Sequence[Record], *,
                     config: Config) -> dict[str, np.ndarray]:
     """id -> float32 (c,) pooled feature of the readable ``records`` (an encoder pass)."""
-    loader = make_image_loader(dataset, records, input_size=encoder.input_size,
-                               batch_size=config.batch_size, num_workers=config.num_workers,
-                               on_bad_image=config.on_bad_image)
+    loader = image_loader(config, encoder, dataset, records)
     out: dict[str, np.ndarray] = {}
     for batch in tqdm(loader, desc="pseudo-labels: pooled features", unit="batch"):
         if len(batch):
@@ -648,9 +653,7 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
     buffer = _ShardBuffer(writer, config.shard_size, _dataset_attrs(config, encoder, method),
                           on_flush=janitor.sweep, compression=_feature_compression(config))
     weight_t = torch.as_tensor(weight, device=encoder.device)
-    loader = make_image_loader(dataset, records, input_size=encoder.input_size,
-                               batch_size=config.batch_size, num_workers=config.num_workers,
-                               on_bad_image=config.on_bad_image)
+    loader = image_loader(config, encoder, dataset, records)
     done = 0
     for batch in tqdm(loader, desc="pseudo-labels: maps", unit="batch"):
         if batch.bad:
