@@ -267,3 +267,47 @@ def test_boxes_at_every_threshold_match_the_reference_on_random_maps():
             got = boxes_at_thresholds(u8, thresholds, multi_contour=multi)
             for tau, boxes in zip(thresholds, got, strict=True):
                 np.testing.assert_array_equal(boxes, _boxes_reference(u8, tau, multi))
+
+
+def test_boxes_at_every_threshold_match_the_reference_on_maps_with_plateaus():
+    """Few distinct values (thresholds that keep the same pixels reuse the boxes found
+    before), rings with holes, regions touching the border, equal areas, empty maps."""
+    from tedloc.pipeline.boxes import boxes_at_thresholds
+    from tedloc.pipeline.metrics import threshold_grid
+
+    rng = np.random.default_rng(5)
+    thresholds = threshold_grid(0.01)
+    ring = np.zeros((40, 50), np.uint8)
+    ring[5:35, 10:40] = 200
+    ring[12:28, 18:32] = 0       # a hole
+    ring[15:25, 21:29] = 255     # an island inside the hole
+    twins = np.zeros((30, 30), np.uint8)
+    twins[2:8, 2:8] = twins[20:26, 20:26] = 90  # two regions of equal area: V1 takes the first
+    border = np.zeros((32, 32), np.uint8)
+    border[:, :5] = 120
+    border[0, :] = 60
+    maps = [ring, twins, border, np.zeros((16, 16), np.uint8), np.full((16, 16), 7, np.uint8)]
+    maps += [(rng.integers(0, 4, (24, 24)) * 80).astype(np.uint8) for _ in range(10)]
+    for u8 in maps:
+        for multi in (True, False):
+            got = boxes_at_thresholds(u8, thresholds, multi_contour=multi)
+            for tau, boxes in zip(thresholds, got, strict=True):
+                np.testing.assert_array_equal(boxes, _boxes_reference(u8, tau, multi))
+
+
+def test_one_contour_search_gives_v1_and_v2():
+    from tedloc.pipeline.boxes import contour_boxes
+    from tedloc.pipeline.metrics import best_ious, best_ious_of, threshold_grid
+
+    rng = np.random.default_rng(8)
+    thresholds = threshold_grid(0.05)
+    scoremap = rng.random((32, 32)).astype(np.float32)
+    gt = np.array([[3, 4, 20, 25], [10, 0, 31, 12]])
+    found = contour_boxes((scoremap * 255).astype(np.uint8), thresholds)
+    assert found.counts.sum() == len(found.boxes) and (found.counts >= 1).all()
+    for multi in (True, False):
+        np.testing.assert_array_equal(best_ious_of(found, gt, multi_contour=multi),
+                                      best_ious(scoremap, gt, thresholds, multi_contour=multi))
+    v2_only = contour_boxes((scoremap * 255).astype(np.uint8), thresholds, largest=False)
+    with pytest.raises(ValueError, match="largest"):
+        best_ious_of(v2_only, gt, multi_contour=False)

@@ -6,6 +6,8 @@ inclusive, so a box's width is ``x1 - x0 + 1`` (the "+1" convention of the field
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 
@@ -37,30 +39,93 @@ def boxes_from_map(scoremap: np.ndarray, threshold: float, *, multi_contour: boo
     return boxes_at_thresholds(image, [threshold], multi_contour=multi_contour)[0]
 
 
-def boxes_at_thresholds(scoremap_u8: np.ndarray, thresholds, *, multi_contour: bool) -> list[np.ndarray]:
-    """:func:`boxes_from_map` of one uint8 (H, W) map at each of ``thresholds``, in order.
+@dataclasses.dataclass
+class ThresholdBoxes:
+    """The boxes of one map at T thresholds, from one contour search per threshold.
 
-    The evaluation's inner loop (100 thresholds per image): the map's maximum is taken
-    once and boxes are built from ``cv2.boundingRect`` without per-box Python arithmetic.
-    Contours: ``cv2.findContours`` with ``RETR_TREE`` (holes included, as wsolevaluation);
-    a box is ``[x, y, min(x + w, W - 1), min(y + h, H - 1)]`` of a contour's bounding rect.
+    Attributes:
+        boxes: int64 (M, 4) ``x0y0x1y1`` boxes of every contour, threshold after threshold
+            (a threshold with no region contributes one ``[0, 0, 0, 0]``).
+        counts: int64 (T,) rows of ``boxes`` per threshold (≥ 1 each).
+        largest: int64 (T,) row of ``boxes`` holding the largest contour's box at each
+            threshold (the first of equal areas, as ``max``); None when not asked for.
+    """
+
+    boxes: np.ndarray
+    counts: np.ndarray
+    largest: np.ndarray | None
+
+    @property
+    def starts(self) -> np.ndarray:
+        """int64 (T,) first row of each threshold's boxes."""
+        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+
+    def per_threshold(self, *, multi_contour: bool) -> list[np.ndarray]:
+        """T arrays (K, 4): every contour's box (V2) or the largest contour's (V1)."""
+        if not multi_contour:
+            if self.largest is None:
+                raise ValueError("the largest contours were not recorded (largest=False)")
+            return [self.boxes[row:row + 1].copy() for row in self.largest]
+        return [part.copy() for part in np.split(self.boxes, np.cumsum(self.counts)[:-1])]
+
+
+def contour_boxes(scoremap_u8: np.ndarray, thresholds, *, largest: bool = True) -> ThresholdBoxes:
+    """Boxes of every contour of one uint8 (H, W) map at each of ``thresholds``.
+
+    wsolevaluation's box extraction: pixels with ``map > int(τ · max)`` are foreground;
+    ``cv2.findContours`` with ``RETR_TREE`` (holes included); a box is ``[x, y, min(x + w,
+    W - 1), min(y + h, H - 1)]`` of a contour's bounding rect.  The evaluation's inner loop
+    (100 thresholds per image), so:
+
+    * one search gives both V1's box (the largest contour, by ``cv2.contourArea``, when
+      ``largest``) and V2's (every contour);
+    * a threshold that keeps the same pixels as the previous one (level sets are nested,
+      so the same count of pixels means the same set) reuses its boxes, and one that keeps
+      none gives ``[0, 0, 0, 0]``, both without a search (counts from one histogram);
+    * boxes are converted with array arithmetic once per map, not per threshold.
     """
     height, width = scoremap_u8.shape
     top = int(scoremap_u8.max())
-    out = []
-    for tau in thresholds:
-        _, binary = cv2.threshold(scoremap_u8, int(float(tau) * top), 255, cv2.THRESH_BINARY)
-        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-        if len(contours) == 0:
-            out.append(EMPTY_BOX.copy())
-            continue
-        if not multi_contour:
-            contours = [max(contours, key=cv2.contourArea)]
-        rects = np.array([cv2.boundingRect(contour) for contour in contours], dtype=np.int64)
-        rects[:, 2] = np.minimum(rects[:, 0] + rects[:, 2], width - 1)
-        rects[:, 3] = np.minimum(rects[:, 1] + rects[:, 3], height - 1)
-        out.append(rects)
-    return out
+    # above[t]: how many pixels are > t, for t = 0..255.
+    above = scoremap_u8.size - np.cumsum(np.bincount(scoremap_u8.ravel(), minlength=256))
+    rects: list[tuple[int, int, int, int]] = []
+    counts = np.empty(len(thresholds), np.int64)
+    largest_rows = np.empty(len(thresholds), np.int64) if largest else None
+    previous_count, previous_first = -1, 0
+    for k, tau in enumerate(thresholds):
+        level = int(float(tau) * top)
+        count = int(above[min(level, 255)])
+        first = len(rects)
+        if count == 0:
+            rects.append((0, 0, 0, 0))
+            counts[k] = 1
+            if largest:
+                largest_rows[k] = first
+        elif count == previous_count:
+            counts[k] = counts[k - 1]
+            rects.extend(rects[previous_first:first])
+            if largest:
+                largest_rows[k] = largest_rows[k - 1] + (first - previous_first)
+        else:
+            _, binary = cv2.threshold(scoremap_u8, level, 255, cv2.THRESH_BINARY)
+            contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+            rects.extend(map(cv2.boundingRect, contours))
+            counts[k] = len(contours)
+            if largest:
+                areas = [cv2.contourArea(contour) for contour in contours]
+                largest_rows[k] = first + max(range(len(areas)), key=areas.__getitem__)
+        previous_count, previous_first = count, first
+    boxes = np.array(rects, dtype=np.int64).reshape(-1, 4)
+    boxes[:, 2] = np.minimum(boxes[:, 0] + boxes[:, 2], width - 1)
+    boxes[:, 3] = np.minimum(boxes[:, 1] + boxes[:, 3], height - 1)
+    return ThresholdBoxes(boxes=boxes, counts=counts, largest=largest_rows)
+
+
+def boxes_at_thresholds(scoremap_u8: np.ndarray, thresholds, *, multi_contour: bool) -> list[np.ndarray]:
+    """:func:`boxes_from_map` of one uint8 (H, W) map at each of ``thresholds``, in order
+    (:func:`contour_boxes`, split per threshold)."""
+    found = contour_boxes(scoremap_u8, thresholds, largest=not multi_contour)
+    return found.per_threshold(multi_contour=multi_contour)
 
 
 def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:

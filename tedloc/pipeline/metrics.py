@@ -35,8 +35,9 @@ import cv2
 import numpy as np
 
 from tedloc.pipeline.boxes import (
-    boxes_at_thresholds,
+    ThresholdBoxes,
     boxes_from_map,
+    contour_boxes,
     iou_matrix,
     rescale_boxes,
     scoremap_to_uint8,
@@ -122,12 +123,18 @@ def best_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[f
         thresholds: τ values in [0, 1).
         multi_contour: False for V1 (largest contour), True for V2 (every contour).
     """
-    scoremap_u8 = scoremap_to_uint8(scoremap)
-    per_threshold = boxes_at_thresholds(scoremap_u8, thresholds, multi_contour=multi_contour)
+    found = contour_boxes(scoremap_to_uint8(scoremap), thresholds, largest=not multi_contour)
+    return best_ious_of(found, gt_boxes, multi_contour=multi_contour)
+
+
+def best_ious_of(found: ThresholdBoxes, gt_boxes: np.ndarray, *, multi_contour: bool) -> np.ndarray:
+    """float64 (T,) :func:`best_ious` from boxes already found (:func:`contour_boxes`)."""
+    if not multi_contour:
+        if found.largest is None:
+            raise ValueError("V1 needs the largest contours (contour_boxes(..., largest=True))")
+        return iou_matrix(found.boxes[found.largest], gt_boxes).max(axis=1)
     # One IoU call over every threshold's boxes (numpy overhead dominates per-call cost).
-    counts = np.array([len(b) for b in per_threshold])
-    best_per_box = iou_matrix(np.concatenate(per_threshold), gt_boxes).max(axis=1)
-    return np.maximum.reduceat(best_per_box, np.concatenate([[0], np.cumsum(counts)[:-1]]))
+    return np.maximum.reduceat(iou_matrix(found.boxes, gt_boxes).max(axis=1), found.starts)
 
 
 def topk_hits(logits: np.ndarray, label: int, ks: Sequence[int] = (1, 5)) -> dict[int, bool]:
@@ -279,8 +286,9 @@ class LocalizationAccumulator:
 
         gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
         self.n_boxed[label] += 1
-        v1 = best_ious(scoremap, gt_boxes, self.thresholds, multi_contour=False)
-        v2 = best_ious(scoremap, gt_boxes, self.thresholds, multi_contour=True)
+        found = contour_boxes(scoremap_to_uint8(scoremap), self.thresholds)  # one search for V1 and V2
+        v1 = best_ious_of(found, gt_boxes, multi_contour=False)
+        v2 = best_ious_of(found, gt_boxes, multi_contour=True)
         # Compare IoU with δ/100 exactly as wsolevaluation does (iou >= delta / 100).
         self.v1_hits[label] += v1 >= self.v1_iou / 100
         for d, delta in enumerate(self.iou_thresholds):
