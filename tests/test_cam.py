@@ -88,6 +88,10 @@ def test_pseudo_boxes_and_upsampling():
     x0, y0, x1, y1 = boxes[0]
     assert 4 <= x0 <= 10 and 4 <= y0 <= 10 and 21 <= x1 <= 27 and 21 <= y1 <= 27
     assert boxes[1].tolist() == [0, 0, 0, 0]
+    random_maps = torch.rand(5, 6, 6, generator=torch.Generator().manual_seed(0))
+    random_maps[3] = 0.5  # constant
+    np.testing.assert_array_equal(cam_ops.pseudo_boxes_of_grid_maps(random_maps.numpy(), 48, 0.3),
+                                  cam_ops.pseudo_boxes(cam_ops.upsample_maps(random_maps, 48).numpy(), 0.3))
 
 
 def test_clip_es_maps_on_tiny_clip(tmp_path):

@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tedloc.artifacts.pseudo_labels import EncodedFileWriter, read_encoded, scan_encoded
+from tedloc.artifacts.pseudo_labels import EncodedFileWriter, read_encoded, read_encoded_chunks, scan_encoded
+from tedloc.errors import ArtifactError
 from tedloc.artifacts.store import ArtifactHeader
 
 HEADER = ArtifactHeader(format="tedloc.pseudo_labels", format_version=1, config={}, config_hash="h")
@@ -58,3 +59,22 @@ def test_rows_must_match_ids(tmp_path):
             writer.append(ids[:1], arrays)
         writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("rows", [list(range(7)), [2, 3, 4, 5], [0, 2, 3, 6], [5]])
+def test_chunks_of_staged_rows_equal_the_whole_read(tmp_path, rows):
+    path = tmp_path / "part000of001-00000.h5"
+    with EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0) as writer:
+        writer.append(*_batch(0, 4))
+        writer.append(*_batch(4, 3))
+    whole = read_encoded(path, ["features"])["features"]
+    got, starts, buffers = [], [], set()
+    for start, chunk in read_encoded_chunks(path, "features", rows, chunk=3):
+        starts.append(start)
+        got.append(chunk.copy())  # a view of the reused buffer: valid until the next chunk
+        buffers.add(chunk.base.ctypes.data if chunk.base is not None else chunk.ctypes.data)
+    assert starts == list(range(0, len(rows), 3)) and len(buffers) == 1
+    np.testing.assert_array_equal(np.concatenate(got), whole[rows])
+    assert list(read_encoded_chunks(path, "features", [], chunk=3)) == []
+    with pytest.raises(ArtifactError, match="cannot read staged array 'nope'"):
+        list(read_encoded_chunks(path, "nope", rows, chunk=3))

@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +415,37 @@ def read_encoded(path: str | Path, names: Sequence[str]) -> dict[str, np.ndarray
             return {name: handle[name][()] for name in names}
     except (OSError, KeyError) as exc:
         raise ArtifactError(f"{path}: cannot read staged arrays {list(names)} ({exc})") from None
+
+
+def read_encoded_chunks(path: str | Path, name: str, rows: Sequence[int], chunk: int
+                        ) -> Iterator[tuple[int, np.ndarray]]:
+    """Rows ``rows`` (ascending) of the array ``name`` of one staging file, ``chunk`` rows at
+    a time: yields (position of the chunk's first row in ``rows``, array (k, ...)).
+
+    Every chunk is read into the same buffer (the yielded array is a view of it, valid
+    until the next chunk): a staging file's grids are hundreds of MB, and a fresh array of
+    that size costs more in page faults than the read itself (measured on a VM: ~3 ms per
+    MB touched for the first time, against ~0.2 ms per MB read from the page cache).
+    """
+    path = Path(path)
+    rows = np.asarray(rows, np.int64)
+    if not len(rows):
+        return
+    # Consecutive rows are read straight into the buffer; others through h5py's selection.
+    contiguous = int(rows[-1] - rows[0]) + 1 == len(rows)
+    try:
+        with h5py.File(path, "r") as handle:
+            dataset = handle[name]
+            buffer = np.empty((min(chunk, len(rows)), *dataset.shape[1:]), dataset.dtype)
+            for start in range(0, len(rows), chunk):
+                part = rows[start:start + chunk]
+                if contiguous:
+                    dataset.read_direct(buffer, np.s_[int(part[0]):int(part[-1]) + 1], np.s_[:len(part)])
+                else:
+                    buffer[:len(part)] = dataset[part]
+                yield start, buffer[:len(part)]
+    except (OSError, KeyError) as exc:
+        raise ArtifactError(f"{path}: cannot read staged array {name!r} ({exc})") from None
 
 
 def remove_encoded(directory: str | Path) -> None:

@@ -168,6 +168,18 @@ def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def pseudo_boxes_of_grid_maps(maps: np.ndarray, size: int, threshold: float) -> np.ndarray:
+    """float32 (B, 4) :func:`pseudo_boxes` of float (B, h, w) maps at grid resolution, each
+    upsampled to ``size``×``size`` as :func:`upsample_maps` does, one map at a time (no
+    (B, size, size) array is built)."""
+    from tedloc.pipeline.metrics import evaluation_map
+
+    out = np.zeros((len(maps), 4), np.float32)
+    for i, grid in enumerate(np.asarray(maps, np.float32)):
+        out[i] = boxes_from_map(evaluation_map(grid, size), threshold, multi_contour=False)[0]
+    return out
+
+
 def pseudo_boxes(maps_up: np.ndarray, threshold: float) -> np.ndarray:
     """float32 (B, 4) ``x0y0x1y1`` boxes (inclusive pixels of the S×S map): the largest
     contour of each map above ``threshold`` (relative to its max); ``[0, 0, 0, 0]`` if none.

@@ -65,6 +65,7 @@ from tedloc.artifacts.pseudo_labels import (
     promote_to_grid_file,
     read_classifier,
     read_encoded,
+    read_encoded_chunks,
     recover_orphan_grid_files,
     remove_encoded,
     scan_encoded,
@@ -481,13 +482,22 @@ def _feature_compression(config: Config) -> dict[str, str | None]:
 def _map_rows(config: Config, encoder: ImageEncoder, maps: torch.Tensor, labels: np.ndarray,
               sizes: np.ndarray) -> dict[str, np.ndarray]:
     """The per-image rows of the final shards from float32 (B, h, w) maps."""
-    up = cam_ops.upsample_maps(maps, encoder.input_size).numpy()
+    grid_maps = maps.cpu().numpy()
     return {
         "label": labels.astype(np.int64),
         "image_size": sizes.astype(np.int32),
-        "cam": maps.cpu().numpy().astype(np.float16),
-        "pseudo_box": cam_ops.pseudo_boxes(up, config.box_threshold),
+        "cam": grid_maps.astype(np.float16),
+        "pseudo_box": cam_ops.pseudo_boxes_of_grid_maps(grid_maps, encoder.input_size, config.box_threshold),
     }
+
+
+def cams_from_staged(path: Path, rows: Sequence[int], weight: torch.Tensor, labels: torch.Tensor,
+                     device: torch.device) -> torch.Tensor:
+    """float32 (len(rows), h, w) CAMs of ``labels`` from the staged grids ``rows`` of one
+    staging file, read ``CAM_CHUNK`` images at a time into one reused buffer."""
+    parts = [cam_from_grid(torch.from_numpy(grid).to(device), weight, labels[start:start + len(grid)])
+             for start, grid in read_encoded_chunks(path, "features", rows, CAM_CHUNK)]
+    return torch.cat(parts)
 
 
 def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[EncodedFile],
@@ -516,13 +526,12 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
         copied = grids if has_features and not promote else []
         arrays: dict[str, np.ndarray] = {}
         if rows:
-            staged = read_encoded(entry.path, ["label", "image_size", "features", *copied[1:]])
+            staged = read_encoded(entry.path, ["label", "image_size", *copied])
             if len(rows) < len(entry.ids):
                 staged = {k: v[rows] for k, v in staged.items()}
             labels = torch.as_tensor(staged["label"], device=encoder.device)
-            grid = torch.from_numpy(staged["features"]).to(encoder.device)
-            arrays = _map_rows(config, encoder, cam_from_grid(grid, weight_t, labels),
-                               staged["label"], staged["image_size"])
+            maps = cams_from_staged(entry.path, rows, weight_t, labels, encoder.device)
+            arrays = _map_rows(config, encoder, maps, staged["label"], staged["image_size"])
             scoring.add([entry.ids[row] for row in rows], arrays)
             for name in copied:
                 arrays[name] = staged[name]
