@@ -12,7 +12,8 @@ one run), which measures, in that one run:
 * the **bare encoder forward** over the same work on already-decoded, resized images: with
   flipped features cached (the default) the stage forwards N images + N flipped images, as
   forwards of [k images; k flipped] (k = the forward batch), so the bare run forwards
-  exactly those 2N inputs in the same forwards (``encode_batch``).  Reported as images/s
+  exactly those 2N inputs in the same forwards, and drops the outputs (the stage's copy of
+  the grids into its float16 buffers counts against the stage).  Reported as images/s
   (N / time) and encoder forwards/s (2N / time); bare passes alternate with --repeats stage
   runs (bare, stage, bare, ..., stage, bare), each stage run is compared with the mean of
   the bare passes on either side of it ('drift' = after / before shows how steady the
@@ -125,12 +126,17 @@ def one_run(args) -> dict:
     forward_batch = pseudo_labels.resolve_forward_batch(config, encoder)
 
     def bare_pass(resized) -> float:
-        """Seconds to forward ``resized`` exactly as the stage does: batches of
-        ``batch_size``, each as forwards of [k images; k flipped] (``encode_batch``)."""
+        """Seconds of the encoder's forwards alone over ``resized``, as the stage runs them:
+        batches of ``batch_size``, each as forwards of [k images; k flipped]; the outputs are
+        dropped (no copy, no rounding: the floor the stage is measured against)."""
         start = time.perf_counter()
-        for i in range(0, n, args.batch_size):
-            pseudo_labels.encode_batch(encoder, torch.from_numpy(resized[i:i + args.batch_size]),
-                                       with_flip=flip, forward_batch=forward_batch)
+        with torch.inference_mode():
+            for i in range(0, n, args.batch_size):
+                pixels = torch.from_numpy(resized[i:i + args.batch_size]).to(device)
+                step = forward_batch or len(pixels)
+                for j in range(0, len(pixels), step):
+                    x = encoder.normalize(pixels[j:j + step])
+                    encoder(torch.cat([x, x.flip(-1)]) if flip else x)
         sync()
         return time.perf_counter() - start
 

@@ -224,6 +224,28 @@ def test_forward_batch_splits_forwards_not_results(data, tmp_path, forward_calls
         assert split["label"][image_id] == value
 
 
+def test_grids_rounded_into_reused_buffers_equal_the_returned_grids():
+    import torch
+
+    from tedloc.pipeline.image_encoders import build_image_encoder
+
+    encoder = build_image_encoder("tiny-cnn", input_size=32, device=torch.device("cpu"))
+    pixels = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pooled, grid, flip = stage.encode_batch(encoder, pixels, with_flip=True, forward_batch=2)
+    h, w = encoder.grid
+    grid_out = np.full((7, h, w, encoder.feature_dim), np.nan, np.float16)  # more rows than the batch
+    flip_out = grid_out.copy()
+    pooled_b, grid_b, flip_b = stage.encode_batch(encoder, pixels, with_flip=True, forward_batch=2,
+                                                  grid_out=grid_out, flip_out=flip_out)
+    assert grid_b.dtype == torch.float16 and grid_b.shape == (5, h, w, encoder.feature_dim)
+    assert np.shares_memory(grid_b.numpy(), grid_out) and np.shares_memory(flip_b.numpy(), flip_out)
+    torch.testing.assert_close(pooled_b, pooled)
+    assert torch.equal(grid_b, grid.to(torch.float16)) and torch.equal(flip_b, flip.to(torch.float16))
+    assert np.isnan(grid_out[5:].astype(np.float32)).all()  # rows past the batch untouched
+    with pytest.raises(ValueError, match="flip_out"):
+        stage.encode_batch(encoder, pixels, with_flip=True, grid_out=grid_out)
+
+
 def test_two_pass_fallback_over_budget(data, tmp_path, forward_calls):
     """Grids over cache_budget_gb: pooled pass then map pass, same maps as one pass."""
     one = stage.run(_config(data, cache_features="off"), workdir=tmp_path / "one")

@@ -186,16 +186,24 @@ def resolve_forward_batch(config: Config, encoder: ImageEncoder) -> int:
     return CPU_FORWARD_BATCH if encoder.device.type == "cpu" else 0
 
 
-def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool, forward_batch: int = 0
+def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool, forward_batch: int = 0,
+                 grid_out: np.ndarray | None = None, flip_out: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The encoder on uint8 (B, S, S, 3) images, and on their horizontal flips when
     ``with_flip``: each forward takes ``[k images; their k flips]`` (k = ``forward_batch``,
     0 = all B at once).
 
     Returns (pooled float32 (B, c), grid float32 (B, h, w, c), flipped grid or None), on
-    the encoder's device.
+    the encoder's device.  With ``grid_out`` (and ``flip_out`` when ``with_flip``), float16
+    host arrays of at least B rows, each forward's grids are rounded into them instead, and
+    the grids returned are float16 CPU views of their first B rows: the encode step reuses
+    two such buffers for every batch rather than allocating (and page-faulting in) hundreds
+    of MB of new arrays per batch.
     """
     step = forward_batch if 0 < forward_batch < len(pixels) else len(pixels)
+    into = grid_out is not None
+    if into and with_flip and flip_out is None:
+        raise ValueError("with_flip and grid_out need flip_out too")
     pooled, grids, flips = [], [], []
     for start in range(0, len(pixels), step):
         x = encoder.normalize(pixels[start:start + step])
@@ -205,6 +213,11 @@ def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool
         with torch.inference_mode():
             out = encoder(x)
         pooled.append(out.pooled[:k])
+        if into:
+            torch.from_numpy(grid_out[start:start + k]).copy_(out.grid[:k])
+            if with_flip:
+                torch.from_numpy(flip_out[start:start + k]).copy_(out.grid[k:])
+            continue
         grids.append(out.grid[:k])
         if with_flip:
             flips.append(out.grid[k:])
@@ -212,6 +225,10 @@ def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool
     def joined(parts: list[torch.Tensor]) -> torch.Tensor:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    if into:
+        n = len(pixels)
+        return (joined(pooled), torch.from_numpy(grid_out[:n]),
+                torch.from_numpy(flip_out[:n]) if with_flip else None)
     return joined(pooled), joined(grids), (joined(flips) if with_flip else None)
 
 
@@ -272,6 +289,10 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
     loader = image_loader(config, encoder, dataset, records)
     files: list[EncodedFile] = []
     grid_bytes = h * w * c * 2 * (int(stage_grid) + int(stage_flip))  # float16, per image
+    # Every batch's grids are rounded into these and written from them (see encode_batch);
+    # the writer copies them into the file before the next batch overwrites them.
+    grid_buffer = np.empty((0, h, w, c), np.float16)
+    flip_buffer: np.ndarray | None = None
     done = 0
     current: EncodedFileWriter | None = None
 
@@ -291,13 +312,17 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
                 arrays: dict[str, np.ndarray] = {"label": batch.labels.astype(np.int64),
                                                  "image_size": batch.sizes.astype(np.int32)}
                 if n:
-                    pooled, grid, flip_grid = encode_batch(encoder, batch.pixels, with_flip=stage_flip,
-                                                           forward_batch=forward_batch)
+                    if stage_grid and len(grid_buffer) < n:
+                        grid_buffer = np.empty((n, h, w, c), np.float16)
+                        flip_buffer = np.empty((n, h, w, c), np.float16) if stage_flip else None
+                    pooled, grid, flip_grid = encode_batch(
+                        encoder, batch.pixels, with_flip=stage_flip, forward_batch=forward_batch,
+                        grid_out=grid_buffer if stage_grid else None, flip_out=flip_buffer)
                     arrays["pooled"] = pooled.float().cpu().numpy()
                     if stage_grid:
-                        arrays["features"] = grid.to(torch.float16).cpu().numpy()
+                        arrays["features"] = grid.numpy()
                     if flip_grid is not None:
-                        arrays["features_flip"] = flip_grid.to(torch.float16).cpu().numpy()
+                        arrays["features_flip"] = flip_grid.numpy()
                 else:  # every image of the batch was unreadable: empty arrays of the right shapes
                     arrays["pooled"] = np.zeros((0, c), np.float32)
                     for name in staged_contents(stage_grid, stage_flip) - set(_STAGED_ALWAYS):
