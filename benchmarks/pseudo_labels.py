@@ -104,6 +104,7 @@ def one_run(args) -> dict:
 
     from tedloc.configs.pseudo_labels import Config
     from tedloc.data.open import open_dataset
+    from tedloc.pipeline.cpu_memory import keep_freed_memory
     from tedloc.pipeline.image_encoders import build_image_encoder, resize_batch, resolve_device
     from tedloc.stages import pseudo_labels
 
@@ -122,8 +123,11 @@ def one_run(args) -> dict:
                     batch_size=args.batch_size, num_workers=args.num_workers, device=str(device),
                     cache_flip_features=flip, cache_features="on", shard_size=args.shard_size,
                     feature_compression=args.feature_compression,
-                    forward_batch_size=args.forward_batch_size, diagnostic=not args.no_diagnostic)
+                    forward_batch_size=args.forward_batch_size, diagnostic=not args.no_diagnostic,
+                    cpu_keep_freed_memory=not args.no_keep_freed_memory)
     forward_batch = pseudo_labels.resolve_forward_batch(config, encoder)
+    if device.type == "cpu" and config.cpu_keep_freed_memory:
+        keep_freed_memory()  # the stage's malloc setting, for the bare passes too (process-wide)
 
     def bare_pass(resized) -> float:
         """Seconds of the encoder's forwards alone over ``resized``, as the stage runs them:
@@ -198,6 +202,8 @@ def main() -> int:
     parser.add_argument("--no-flip", action="store_true", help="Do not cache flipped-image features.")
     parser.add_argument("--no-diagnostic", action="store_true",
                         help="The stage without its GT-box diagnostic (diagnostic=false; on by default).")
+    parser.add_argument("--no-keep-freed-memory", action="store_true",
+                        help="Leave malloc's settings alone (the stage's cpu_keep_freed_memory=false).")
     parser.add_argument("--feature-compression", default="none", choices=["none", "lzf"],
                         help="The stage's feature_compression (its default: none).")
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child process
@@ -213,7 +219,8 @@ def main() -> int:
     print(f"encoder {args.encoder}, batch {args.batch_size}, forward batch "
           f"{args.forward_batch_size or 'auto'}, decoding workers {'auto' if args.num_workers < 0 else args.num_workers}, "
           f"shard size {args.shard_size}, feature compression {args.feature_compression}, "
-          f"flipped features {'off' if args.no_flip else 'on'}, diagnostic {'off' if args.no_diagnostic else 'on'} "
+          f"flipped features {'off' if args.no_flip else 'on'}, diagnostic {'off' if args.no_diagnostic else 'on'}, "
+          f"malloc keeps freed memory {'no' if args.no_keep_freed_memory else 'yes (CPU)'} "
           f"(the stage forwards N images{'' if args.no_flip else ' + N flipped images'}; "
           "'bare' forwards the same inputs in the same forwards, before and after each stage run: "
           f"'drift' is after/before, bare img/s their mean; the median of {args.repeats} runs)")
@@ -229,6 +236,8 @@ def main() -> int:
             command.append("--no-flip")
         if args.no_diagnostic:
             command.append("--no-diagnostic")
+        if args.no_keep_freed_memory:
+            command.append("--no-keep-freed-memory")
         out = subprocess.run(command, check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{r['images']:>5} {r['bare_images_per_s']:>11.2f} {r['bare_forwards_per_s']:>11.2f} "

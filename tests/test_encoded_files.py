@@ -4,9 +4,14 @@ import h5py
 import numpy as np
 import pytest
 
-from tedloc.artifacts.pseudo_labels import EncodedFileWriter, read_encoded, read_encoded_chunks, scan_encoded
-from tedloc.errors import ArtifactError
+from tedloc.artifacts.pseudo_labels import (
+    EncodedFileWriter,
+    read_encoded,
+    read_encoded_chunks,
+    scan_encoded,
+)
 from tedloc.artifacts.store import ArtifactHeader
+from tedloc.errors import ArtifactError
 
 HEADER = ArtifactHeader(format="tedloc.pseudo_labels", format_version=1, config={}, config_hash="h")
 

@@ -25,7 +25,7 @@ class Config(StageConfig):
     # the rest do not change the shards (diagnostic only adds a manifest entry).
     NOT_HASHED = frozenset({"dataset", "split", "batch_size", "num_workers", "device", "num_shards",
                             "shard_index", "on_bad_image", "diagnostic", "diagnostic_images",
-                            "diagnostic_workers",
+                            "diagnostic_workers", "cpu_keep_freed_memory",
                             "feature_compression", "forward_batch_size"})
     SECTION = "pseudo_labels"
 
@@ -71,10 +71,16 @@ class Config(StageConfig):
     diagnostic_workers: int = option(0, "Processes scoring the diagnostic (0 = one per CPU core).")
     diagnostic_images: int = option(2000, "Images with GT boxes the diagnostic scores, evenly spaced in split order (0 = all).")
     batch_size: int = option(64, "Images per decoded batch.")
-    # On a CPU small forward batches run much faster per image (they stay in cache): Lite0 with
-    # flips on a 2-core CPU took 22-35 ms/image at 4-8 images, 59 at 32, 80 at 64.  On a GPU
-    # the whole batch is one forward.  Outputs do not depend on it (beyond float rounding).
-    forward_batch_size: int = option(0, "Images per encoder forward (0 = auto: 8 on CPU, batch_size on GPU).")
+    # On a CPU small forwards run much faster per image: their activations stay under the
+    # 32 MB that malloc recycles (cpu_keep_freed_memory) and in cache.  Lite0 with flips on a
+    # 2-core CPU: 65-75 images/s at 2 (+2 flips), 49 at 4, 46 at 8 (29 at 8 without
+    # cpu_keep_freed_memory).  On a GPU the whole batch is one forward.  Outputs do not depend
+    # on it (beyond float rounding).
+    forward_batch_size: int = option(0, "Images per encoder forward (0 = auto: 2 on CPU, batch_size on GPU).")
+    # glibc's malloc otherwise unmaps a forward's activations when freed and faults them in
+    # again on the next forward (half of Lite0's CPU time); process-wide, see
+    # tedloc/pipeline/cpu_memory.py.
+    cpu_keep_freed_memory: bool = option(True, "On a CPU, keep freed memory in the process for the next forward.")
     # auto: none on a CPU (each batch is decoded between forwards, in threads: worker
     # processes decoding beside a CPU forward slowed it by ~20% on 2 cores), 8 (at most one
     # per CPU) on an accelerator.  See tedloc/pipeline/image_loader.py.

@@ -78,6 +78,7 @@ from tedloc.data.records import Dataset, Record
 from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
 from tedloc.pipeline import cam as cam_ops
 from tedloc.pipeline.box_diagnostic import BoxDiagnostic, diagnostic_sample
+from tedloc.pipeline.cpu_memory import keep_freed_memory
 from tedloc.pipeline.image_encoders import (
     ImageEncoder,
     build_image_encoder,
@@ -176,11 +177,11 @@ def resolve_staging(config: Config, method: str, num_images: int, encoder: Image
 
 
 #: Images per forward on a CPU when ``forward_batch_size`` is 0 (see the config field).
-CPU_FORWARD_BATCH = 8
+CPU_FORWARD_BATCH = 2
 
 
 def resolve_forward_batch(config: Config, encoder: ImageEncoder) -> int:
-    """Images per encoder forward: the config's, else 8 on a CPU, else 0 (the whole batch)."""
+    """Images per encoder forward: the config's, else 2 on a CPU, else 0 (the whole batch)."""
     if config.forward_batch_size:
         return config.forward_batch_size
     return CPU_FORWARD_BATCH if encoder.device.type == "cpu" else 0
@@ -622,6 +623,8 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
             return writer.manifest_path
         if encoder is None:
             encoder = build_image_encoder(config.encoder, input_size=config.input_size or None, device=device)
+        if encoder.device.type == "cpu" and config.cpu_keep_freed_memory:
+            keep_freed_memory()
         has_features, has_flip = resolve_cache(config, len(records), encoder)
         part_size = sum(1 for i in all_ids if shard_of(i, num_shards) == shard_index)
         stage_grid, stage_flip = resolve_staging(config, method, part_size, encoder,
