@@ -18,8 +18,9 @@ from tests.helpers_data import make_wsol_tree, save_tiny_clip
 
 
 def _config(root: Path, **kw) -> Config:
+    # One forward per batch ([4 images; 4 flipped]) unless a test asks for another split.
     values = dict(dataset=str(root), encoder="tiny-cnn", input_size=32, num_workers=0, device="cpu",
-                  batch_size=4, shard_size=8)
+                  batch_size=4, forward_batch_size=4, shard_size=8)
     values.update(kw)
     return Config(**values)
 
@@ -205,6 +206,9 @@ def test_encoder_runs_once_per_image_and_flip(data, tmp_path, forward_calls):
     forward_calls.clear()
     stage.run(_config(data, cache_flip_features=False), workdir=tmp_path / "noflip")
     assert forward_calls == [4] * 5
+    forward_calls.clear()
+    stage.run(_config(data, forward_batch_size=0), workdir=tmp_path / "auto")  # CPU: [2 images; 2 flipped]
+    assert forward_calls == [4] * 10
 
 
 def test_forward_batch_splits_forwards_not_results(data, tmp_path, forward_calls):
