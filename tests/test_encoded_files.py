@@ -83,3 +83,44 @@ def test_chunks_of_staged_rows_equal_the_whole_read(tmp_path, rows):
     assert list(read_encoded_chunks(path, "features", [], chunk=3)) == []
     with pytest.raises(ArtifactError, match="cannot read staged array 'nope'"):
         list(read_encoded_chunks(path, "nope", rows, chunk=3))
+
+
+def test_background_grid_writes_give_the_same_file_and_wait_before_reuse(tmp_path, monkeypatch):
+    """Two buffers alternate as the encode step alternates them: the writer holds one write
+    in flight, so overwriting the buffer of the batch before last is safe."""
+    batches = [_batch(0, 3), _batch(3, 3), _batch(6, 3)]
+    path = tmp_path / "part000of001-00000.h5"
+    buffers = [{name: np.empty((3, 2, 3, 5), np.float16) for name in ("features", "features_flip")}
+               for _ in range(2)]
+    with EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0, background=True) as writer:
+        for k, (ids, arrays) in enumerate(batches):
+            buffer = buffers[k % 2]
+            for name in buffer:  # overwrites the buffer of batch k - 2, written by now
+                buffer[name][:] = arrays[name]
+            writer.append(ids, {**arrays, **buffer})
+    got = read_encoded(path, ["features", "features_flip", "label"])
+    for name in got:
+        np.testing.assert_array_equal(got[name], np.concatenate([b[1][name] for b in batches]))
+
+
+def test_a_failed_background_grid_write_is_raised_and_leaves_nothing(tmp_path, monkeypatch):
+    def failing(self, name, array):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(EncodedFileWriter, "_append_grid", failing)
+    path = tmp_path / "part000of001-00000.h5"
+    with pytest.raises(OSError, match="No space left"):
+        with EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0, background=True) as writer:
+            writer.append(*_batch(0, 2))  # fails in the writer's thread
+            writer.append(*_batch(2, 2))  # waits for it: raises here
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_close_in_background_publishes_the_file_when_its_future_is_done(tmp_path):
+    path = tmp_path / "part000of001-00000.h5"
+    writer = EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0, background=True)
+    writer.append(*_batch(0, 2))
+    entry = writer.close_in_background().result()
+    assert path.exists() and entry.ids == ["img0", "img1"] and "features" in entry.contents
+    with pytest.raises(ValueError, match="already closed"):
+        writer.close_in_background()

@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -234,16 +235,23 @@ class EncodedFileWriter:
     close; through ``committer`` when given, whose ``wait()`` puts it in place);
     :meth:`abort`, or an exception inside ``with``, deletes the temporary file.
 
+    With ``background``, an append's grids are written by a thread of the writer's own
+    while the caller goes on (the encoder's next forward): the arrays passed must then stay
+    unchanged until the next :meth:`append`, :meth:`close` or :meth:`abort`, each of which
+    first waits for that write (and raises its error).  One write is in flight at a time,
+    so a caller alternating two buffers never overwrites one being written.
+
     Args:
         expected_grid_bytes: about how many bytes of grids the file will hold (decides
             how it is built, see :func:`tedloc.artifacts.atomic.atomic_h5`).
         dataset_attrs: name -> attributes of that dataset.
+        background: write the grids in a thread (see above).
     """
 
     def __init__(self, path: str | Path, header: ArtifactHeader, *, part: int, num_parts: int, seq: int,
                  grid_compression: str | None = None, expected_grid_bytes: int = 0,
                  dataset_attrs: dict[str, dict[str, Any]] | None = None,
-                 committer: BackgroundCommitter | None = None):
+                 committer: BackgroundCommitter | None = None, background: bool = False):
         self.path = Path(path)
         self.entry = EncodedFile(path=self.path, part=part, num_parts=num_parts, seq=seq, ids=[],
                                  skipped={}, contents=())
@@ -254,6 +262,8 @@ class EncodedFileWriter:
         self._context = atomic_h5(self.path, size_hint=expected_grid_bytes, committer=committer)
         self._handle = self._context.__enter__()
         self._open = True
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tedloc-staging") if background else None
+        self._in_flight: Future | None = None
 
     @property
     def num_images(self) -> int:
@@ -267,13 +277,32 @@ class EncodedFileWriter:
         for name, array in arrays.items():
             if len(array) != len(image_ids):
                 raise ValueError(f"array {name!r} has {len(array)} rows for {len(image_ids)} ids")
+        self._wait()
+        grids = {name: np.asarray(array) for name, array in arrays.items() if name in GRID_ARRAYS}
         for name, array in arrays.items():
-            if name in GRID_ARRAYS:
-                self._append_grid(name, np.asarray(array))
-            else:
+            if name not in GRID_ARRAYS:
                 self._small.setdefault(name, []).append(np.asarray(array))
+        if self._thread is not None:
+            self._in_flight = self._thread.submit(self._append_grids, grids)
+        else:
+            self._append_grids(grids)
         self.entry.ids.extend(image_ids)
         self.entry.skipped.update(skipped or {})
+
+    def _append_grids(self, grids: dict[str, np.ndarray]) -> None:
+        for name, array in grids.items():
+            self._append_grid(name, array)
+
+    def _wait(self) -> None:
+        """Wait for the grid write in flight, if any; raise its error."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     def _append_grid(self, name: str, array: np.ndarray) -> None:
         dset = self._handle.get(name)
@@ -290,10 +319,30 @@ class EncodedFileWriter:
 
     def close(self) -> EncodedFile:
         """Write the rest and publish the file; returns its index entry."""
+        return self.close_in_background().result()
+
+    def close_in_background(self) -> Future:
+        """:meth:`close` in the writer's thread, after the grid write in flight (the caller
+        goes on meanwhile); the Future gives the index entry or raises the error.  Without
+        ``background`` the file is closed before this returns."""
         if not self._open:
             raise ValueError(f"{self.path}: already closed")
         self._open = False
+        if self._thread is None:
+            done: Future = Future()
+            try:
+                done.set_result(self._finish())
+            except BaseException as exc:
+                done.set_exception(exc)
+            return done
+        closing = self._thread.submit(self._finish)
+        self._thread.shutdown(wait=False)  # the thread ends once the close is done
+        self._thread = None
+        return closing
+
+    def _finish(self) -> EncodedFile:
         try:
+            self._wait()  # done by now in the writer's thread (one task at a time, in order)
             handle = self._handle
             names = sorted({*self._small, *(n for n in GRID_ARRAYS if n in handle)})
             write_header_attrs(handle, self.header)
@@ -315,6 +364,9 @@ class EncodedFileWriter:
         """Discard the file (its temporary file is deleted)."""
         if self._open:
             self._open = False
+            with contextlib.suppress(Exception):  # the write in flight is discarded with the file
+                self._wait()
+            self._stop_thread()
             self._context.__exit__(_Aborted, _Aborted(), None)
 
     def __enter__(self) -> EncodedFileWriter:

@@ -1,6 +1,9 @@
-"""Device selection shared by every stage."""
+"""Device selection shared by every stage, and the CPU threads torch uses."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -16,3 +19,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but CUDA is not available")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` inside the block, restored after.
+
+    For small tensor ops running beside other busy processes: an op split over several
+    threads waits for the slowest, and a thread another process has preempted is slow.
+    """
+    previous = torch.get_num_threads()
+    if count == previous:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
