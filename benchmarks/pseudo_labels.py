@@ -129,35 +129,39 @@ def one_run(args) -> dict:
     if device.type == "cpu" and config.cpu_keep_freed_memory:
         keep_freed_memory()  # the stage's malloc setting, for the bare passes too (process-wide)
 
-    def bare_pass(resized) -> float:
-        """Seconds of the encoder's forwards alone over ``resized``, as the stage runs them:
-        batches of ``batch_size``, each as forwards of [k images; k flipped]; the outputs are
-        dropped (no copy, no rounding: the floor the stage is measured against)."""
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for i in range(0, n, args.batch_size):
-                pixels = torch.from_numpy(resized[i:i + args.batch_size]).to(device)
+    def decoded(i: int) -> np.ndarray:
+        """uint8 (B, S, S, 3): the batch of ``batch_size`` images from record ``i``."""
+        return resize_batch([dataset.load_image(r) for r in records[i:i + args.batch_size]], encoder.input_size)
+
+    def bare_pass() -> float:
+        """Seconds of the encoder's forwards alone, as the stage runs them: batches of
+        ``batch_size``, each as forwards of [k images; k flipped]; the outputs are dropped (no
+        copy, no rounding: the floor the stage is measured against).  Each batch is decoded
+        before its forwards, untimed, so that no more than one batch of images is held (with
+        cpu_keep_freed_memory the process keeps what it once held, and the stage's peak
+        memory is measured in this process)."""
+        seconds = 0.0
+        for i in range(0, n, args.batch_size):
+            pixels = torch.from_numpy(decoded(i)).to(device)
+            sync()
+            start = time.perf_counter()
+            with torch.inference_mode():
                 step = forward_batch or len(pixels)
                 for j in range(0, len(pixels), step):
                     x = encoder.normalize(pixels[j:j + step])
                     encoder(torch.cat([x, x.flip(-1)]) if flip else x)
-        sync()
-        return time.perf_counter() - start
-
-    def decoded():
-        return resize_batch([dataset.load_image(r) for r in records], encoder.input_size)
+            sync()
+            seconds += time.perf_counter() - start
+        return seconds
 
     # Warm-up (kernel selection) on the batch shape both runs use, before either is timed.
-    resized = decoded()
-    pseudo_labels.encode_batch(encoder, torch.from_numpy(resized[:args.batch_size]), with_flip=flip,
-                               forward_batch=forward_batch)
+    pseudo_labels.encode_batch(encoder, torch.from_numpy(decoded(0)), with_flip=flip, forward_batch=forward_batch)
     sync()
     # Bare passes and stage runs alternate (bare, stage, bare, stage, ..., bare); each stage
     # run is compared with the mean of the bare passes on either side of it, so that the
     # machine's speed drifting during the run favours neither side.  The median (for an even
     # number of runs the lower of the two middle ones) is reported.
-    bare = [bare_pass(resized)]
-    del resized  # not held while the stage's peak memory is measured
+    bare = [bare_pass()]
     stage_s: list[float] = []
     peak_mb = 0.0
     for _ in range(args.repeats):
@@ -169,7 +173,7 @@ def one_run(args) -> dict:
             stage_s.append(time.perf_counter() - start)
         peak_mb = max(peak_mb, rss.peak_mb)
         shutil.rmtree(workdir, ignore_errors=True)
-        bare.append(bare_pass(decoded()))
+        bare.append(bare_pass())
     ratios = [(bare[k] + bare[k + 1]) / 2 / stage_s[k] for k in range(args.repeats)]
     median = int(np.argsort(ratios)[(len(ratios) - 1) // 2])  # the lower middle for an even count
     bare_s = (bare[median] + bare[median + 1]) / 2

@@ -18,8 +18,9 @@ import numpy as np
 
 #: Side of the square the maps and GT boxes are scored at (wsolevaluation's).
 DIAGNOSTIC_SIZE = 224
-#: Images per task of the worker processes.
-CHUNK = 64
+#: Images per task of the worker processes (small, so the tasks left when the maps are
+#: done spread evenly over the workers).
+CHUNK = 16
 
 
 def diagnostic_sample(ids: Sequence[str], limit: int) -> list[str]:

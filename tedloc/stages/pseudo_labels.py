@@ -3,14 +3,17 @@
 Steps (one process, or each of ``num_shards`` processes on its part of the images):
 
 1. **Encode** (resumable): one pass of the frozen encoder over this part's pending images
-   (decoded in DataLoader workers).  With method ``cam`` and staged grids, images and their
-   flips go through the same forwards, ``[k images; k flipped images]`` (flipped only when
-   ``features_flip`` is cached; k = ``forward_batch_size``, 8 on a CPU, the whole batch on a
-   GPU), and everything later steps need is staged per ``shard_size`` images in
-   ``<stage dir>/encoded/partPPPofNNN-SSSSS.h5`` (written batch by batch into its ``*.tmp``,
-   fsynced and renamed in a background thread): labels, sizes, the pooled vector, the grid
-   and flipped grid (float16).  So the encoder runs exactly once per
-   image (and once per flipped image).  A killed run resumes with the images not staged.
+   (decoded in DataLoader workers on an accelerator; on a CPU between forwards, in threads
+   of this process).  With method ``cam`` and staged grids, images and their flips go
+   through the same forwards, ``[k images; k flipped images]`` (flipped only when
+   ``features_flip`` is cached; k = ``forward_batch_size``, 2 on a CPU, the whole batch on
+   a GPU), and everything later steps need is staged per ``shard_size`` images in
+   ``<stage dir>/encoded/partPPPofNNN-SSSSS.h5``: labels, sizes, the pooled vector, the
+   grid and flipped grid (float16).  Each batch's grids are rounded into one of two reused
+   buffer pairs and written into the file's ``*.tmp`` by the writer's thread while the
+   encoder runs the next batch; a full file is closed there too, then fsynced and renamed
+   in a background thread.  So the encoder runs exactly once per image (and once per
+   flipped image).  A killed run resumes with the images not staged.
 2. **Classifier** (``cam_classifier.h5``, written before any shard, reused on resume):
    multinomial logistic regression (``tedloc.pipeline.cam``) on the pooled vectors of
    *every* selected image, gathered in split order from the staging files (N × c float32,
