@@ -76,10 +76,12 @@ def bare_forward_images_per_s(image_ids_split: str, *, encoder_spec: str, batch_
 
     from tedloc.configs.pseudo_labels import Config
     from tedloc.data.open import open_dataset
+    from tedloc.pipeline.cpu_memory import keep_freed_memory
     from tedloc.pipeline.image_encoders import build_image_encoder, resize_batch
     from tedloc.stages.pseudo_labels import encode_batch, resolve_forward_batch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    keep_freed_memory()  # as the stages do on a CPU (their cpu_keep_freed_memory default)
     dataset = open_dataset("demo", image_ids_split)
     records = dataset.head(limit)
     encoder = build_image_encoder(encoder_spec)

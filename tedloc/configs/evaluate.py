@@ -26,7 +26,7 @@ class Config(StageConfig):
     # The dataset enters the identity by content (ids, labels, boxes, masks: see
     # stages/evaluate.py), so moving its folder keeps the results.  The rest do not change
     # any number.
-    NOT_HASHED = frozenset({"dataset", "batch_size", "num_workers", "device", "shard_size",
+    NOT_HASHED = frozenset({"dataset", "batch_size", "num_workers", "device", "shard_size", "cpu_keep_freed_memory",
                             "num_overlays", "export_scoremaps"})
     SECTION = "evaluate"
 
@@ -72,6 +72,9 @@ class Config(StageConfig):
     # --- resources (no effect on the numbers) -----------------------------------------
     batch_size: int = option(32, "Images per forward pass.")
     num_workers: int = option(2, "Image-decoding worker processes (0 = in the main process).")
+    # glibc's malloc otherwise unmaps freed activations and faults them in again on the next
+    # forward; process-wide, see tedloc/pipeline/cpu_memory.py.
+    cpu_keep_freed_memory: bool = option(True, "On a CPU, keep freed memory in the process for the next forward.")
     shard_size: int = option(256, "Images per result shard (the unit of resume).")
     # cpu | cuda | cuda:N | auto
     device: str = option("auto", "Device: cpu, cuda, cuda:N or auto.")

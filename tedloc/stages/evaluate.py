@@ -160,11 +160,14 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
     import torch
     from tqdm import tqdm
 
+    from tedloc.pipeline.cpu_memory import keep_freed_memory
     from tedloc.pipeline.image_encoders import resolve_device
     from tedloc.pipeline.image_loader import make_image_loader
     from tedloc.pipeline.localizer import Localizer
 
     device = resolve_device(config.device)
+    if device.type == "cpu" and config.cpu_keep_freed_memory:
+        keep_freed_memory()
     localizer = Localizer.from_checkpoint(checkpoint_path, device)
     encoder = localizer.encoder
     num_classes = len(localizer.class_names)
