@@ -272,7 +272,7 @@ def test_boxes_at_every_threshold_match_the_reference_on_random_maps():
 def test_boxes_at_every_threshold_match_the_reference_on_maps_with_plateaus():
     """Few distinct values (thresholds that keep the same pixels reuse the boxes found
     before), rings with holes, regions touching the border, equal areas, empty maps."""
-    from tedloc.pipeline.boxes import boxes_at_thresholds
+    from tedloc.pipeline.boxes import boxes_at_thresholds, contour_boxes
     from tedloc.pipeline.metrics import threshold_grid
 
     rng = np.random.default_rng(5)
@@ -293,6 +293,9 @@ def test_boxes_at_every_threshold_match_the_reference_on_maps_with_plateaus():
             got = boxes_at_thresholds(u8, thresholds, multi_contour=multi)
             for tau, boxes in zip(thresholds, got, strict=True):
                 np.testing.assert_array_equal(boxes, _boxes_reference(u8, tau, multi))
+        unordered = contour_boxes(u8, thresholds, largest=False, any_order=True).per_threshold(multi_contour=True)
+        for tau, boxes in zip(thresholds, unordered, strict=True):  # RETR_LIST: same boxes, any order
+            np.testing.assert_array_equal(np.unique(boxes, axis=0), np.unique(_boxes_reference(u8, tau, True), axis=0))
 
 
 def test_one_contour_search_gives_v1_and_v2():
@@ -308,6 +311,11 @@ def test_one_contour_search_gives_v1_and_v2():
     for multi in (True, False):
         np.testing.assert_array_equal(best_ious_of(found, gt, multi_contour=multi),
                                       best_ious(scoremap, gt, thresholds, multi_contour=multi))
+    any_order = contour_boxes((scoremap * 255).astype(np.uint8), thresholds, largest=False, any_order=True)
+    np.testing.assert_array_equal(any_order.counts, found.counts)
+    for got, want in zip(any_order.per_threshold(multi_contour=True), found.per_threshold(multi_contour=True),
+                         strict=True):  # the same boxes, in some order
+        np.testing.assert_array_equal(np.unique(got, axis=0), np.unique(want, axis=0))
     v2_only = contour_boxes((scoremap * 255).astype(np.uint8), thresholds, largest=False)
     with pytest.raises(ValueError, match="largest"):
         best_ious_of(v2_only, gt, multi_contour=False)

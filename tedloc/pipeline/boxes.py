@@ -69,7 +69,8 @@ class ThresholdBoxes:
         return [part.copy() for part in np.split(self.boxes, np.cumsum(self.counts)[:-1])]
 
 
-def contour_boxes(scoremap_u8: np.ndarray, thresholds, *, largest: bool = True) -> ThresholdBoxes:
+def contour_boxes(scoremap_u8: np.ndarray, thresholds, *, largest: bool = True,
+                  any_order: bool = False) -> ThresholdBoxes:
     """Boxes of every contour of one uint8 (H, W) map at each of ``thresholds``.
 
     wsolevaluation's box extraction: pixels with ``map > int(τ · max)`` are foreground;
@@ -82,7 +83,10 @@ def contour_boxes(scoremap_u8: np.ndarray, thresholds, *, largest: bool = True) 
     * a threshold that keeps the same pixels as the previous one (level sets are nested,
       so the same count of pixels means the same set) reuses its boxes, and one that keeps
       none gives ``[0, 0, 0, 0]``, both without a search (counts from one histogram);
-    * boxes are converted with array arithmetic once per map, not per threshold.
+    * boxes are converted with array arithmetic once per map, not per threshold;
+    * with ``any_order`` (and not ``largest``), for callers that only take the best box,
+      ``RETR_LIST``: the same contours as ``RETR_TREE`` without the hierarchy, ~15% faster,
+      in another order within a threshold.
     """
     height, width = scoremap_u8.shape
     top = int(scoremap_u8.max())
@@ -92,6 +96,7 @@ def contour_boxes(scoremap_u8: np.ndarray, thresholds, *, largest: bool = True) 
     counts = np.empty(len(thresholds), np.int64)
     largest_rows = np.empty(len(thresholds), np.int64) if largest else None
     previous_count, previous_first = -1, 0
+    retrieval = cv2.RETR_LIST if any_order and not largest else cv2.RETR_TREE
     for k, tau in enumerate(thresholds):
         level = int(float(tau) * top)
         count = int(above[min(level, 255)])
@@ -108,7 +113,7 @@ def contour_boxes(scoremap_u8: np.ndarray, thresholds, *, largest: bool = True) 
                 largest_rows[k] = largest_rows[k - 1] + (first - previous_first)
         else:
             _, binary = cv2.threshold(scoremap_u8, level, 255, cv2.THRESH_BINARY)
-            contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+            contours = cv2.findContours(binary, retrieval, cv2.CHAIN_APPROX_SIMPLE)[-2]
             rects.extend(map(cv2.boundingRect, contours))
             counts[k] = len(contours)
             if largest:

@@ -123,7 +123,8 @@ def best_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[f
         thresholds: τ values in [0, 1).
         multi_contour: False for V1 (largest contour), True for V2 (every contour).
     """
-    found = contour_boxes(scoremap_to_uint8(scoremap), thresholds, largest=not multi_contour)
+    # The best IoU does not depend on the order of a threshold's boxes.
+    found = contour_boxes(scoremap_to_uint8(scoremap), thresholds, largest=not multi_contour, any_order=True)
     return best_ious_of(found, gt_boxes, multi_contour=multi_contour)
 
 
