@@ -36,10 +36,30 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync_file(path: Path, *, drop_cache: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+        if drop_cache and hasattr(os, "posix_fadvise"):
+            # Clean after the fsync, so the kernel frees the pages at once (see BackgroundCommitter).
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def prefetch(path: str | Path) -> None:
+    """Ask the kernel to start reading ``path`` into the page cache (returns at once; a
+    missing file or a system without the call is ignored)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -54,9 +74,10 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def commit_tmp(tmp: Path, final: Path) -> None:
-    """fsync ``tmp`` and atomically move it to ``final``."""
-    _fsync_file(tmp)
+def commit_tmp(tmp: Path, final: Path, *, drop_cache: bool = False) -> None:
+    """fsync ``tmp`` and atomically move it to ``final`` (``drop_cache``: then let the kernel
+    free the file's cached pages)."""
+    _fsync_file(tmp, drop_cache=drop_cache)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
 
@@ -153,14 +174,21 @@ class BackgroundCommitter:
     removes.  :meth:`wait` blocks until every file submitted is in place and raises the
     first failure as a one-line ``OSError`` naming the final file.  As a context manager
     it waits on exit (without raising its own failure over an exception already raised).
+
+    With ``drop_cache`` each file's pages leave the page cache once it is on disk, and the
+    next files written reuse them: for a stream of large files read back later, if at all
+    (then :func:`prefetch` them).  Page-cache pages touched for the first time are costly
+    where memory is given to the machine lazily, as on a VM: there, 700 MB took 2 s to write
+    into new pages, 0.14 s into recycled ones, and 280 MB read back from disk in 0.2 s.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, drop_cache: bool = False) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tedloc-commit")
         self._pending: list[Future] = []
+        self.drop_cache = drop_cache
 
     def submit(self, tmp: Path, final: Path) -> None:
-        self._pending.append(self._pool.submit(_commit_or_clean, Path(tmp), Path(final)))
+        self._pending.append(self._pool.submit(_commit_or_clean, Path(tmp), Path(final), self.drop_cache))
 
     def wait(self) -> None:
         pending, self._pending = self._pending, []
@@ -184,9 +212,9 @@ class BackgroundCommitter:
             self._pool.shutdown(wait=True)
 
 
-def _commit_or_clean(tmp: Path, final: Path) -> None:
+def _commit_or_clean(tmp: Path, final: Path, drop_cache: bool = False) -> None:
     try:
-        commit_tmp(tmp, final)
+        commit_tmp(tmp, final, drop_cache=drop_cache)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
