@@ -552,13 +552,22 @@ def _map_rows(config: Config, encoder: ImageEncoder, maps: torch.Tensor, labels:
     }
 
 
-def cams_from_staged(path: Path, rows: Sequence[int], weight: torch.Tensor, labels: torch.Tensor,
-                     device: torch.device) -> torch.Tensor:
-    """float32 (len(rows), h, w) CAMs of ``labels`` from the staged grids ``rows`` of one
-    staging file, read ``CAM_CHUNK`` images at a time into one reused buffer."""
-    parts = [cam_from_grid(torch.from_numpy(grid).to(device), weight, labels[start:start + len(grid)])
-             for start, grid in read_encoded_chunks(path, "features", rows, CAM_CHUNK)]
-    return torch.cat(parts)
+def staged_map_rows(config: Config, encoder: ImageEncoder, path: Path, rows: Sequence[int], ids: Sequence[str],
+                    labels: np.ndarray, sizes: np.ndarray, weight: torch.Tensor,
+                    scoring: _DiagnosticScoring) -> dict[str, np.ndarray]:
+    """The final shard's rows (:func:`_map_rows`) of the staged images ``rows`` of one staging
+    file (``ids``, ``labels``, ``sizes``: theirs), made ``CAM_CHUNK`` images at a time from
+    grids read into one reused buffer; each chunk goes to the diagnostic as soon as it is
+    made, so that its workers start on the file's first images."""
+    labels_t = torch.as_tensor(labels, device=encoder.device)
+    parts: list[dict[str, np.ndarray]] = []
+    for start, grid in read_encoded_chunks(path, "features", rows, CAM_CHUNK):
+        end = start + len(grid)
+        maps = cam_from_grid(torch.from_numpy(grid).to(encoder.device), weight, labels_t[start:end])
+        part = _map_rows(config, encoder, maps, labels[start:end], sizes[start:end])
+        scoring.add(ids[start:end], part)
+        parts.append(part)
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[EncodedFile],
@@ -595,10 +604,8 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
             staged = read_encoded(entry.path, ["label", "image_size", *copied])
             if len(rows) < len(entry.ids):
                 staged = {k: v[rows] for k, v in staged.items()}
-            labels = torch.as_tensor(staged["label"], device=encoder.device)
-            maps = cams_from_staged(entry.path, rows, weight_t, labels, encoder.device)
-            arrays = _map_rows(config, encoder, maps, staged["label"], staged["image_size"])
-            scoring.add([entry.ids[row] for row in rows], arrays)
+            arrays = staged_map_rows(config, encoder, entry.path, rows, [entry.ids[row] for row in rows],
+                                     staged["label"], staged["image_size"], weight_t, scoring)
             for name in copied:
                 arrays[name] = staged[name]
         if promote:
