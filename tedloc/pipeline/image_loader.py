@@ -1,4 +1,5 @@
-"""Batches of decoded, resized images from a dataset, decoded in DataLoader worker processes.
+"""Batches of decoded, resized images from a dataset, decoded in DataLoader worker
+processes or in threads of the calling process.
 
 Decoding (JPEG/PNG) and resizing are the CPU-heavy part of running a frozen encoder.  Where
 the encoder runs on an accelerator they run in ``num_workers`` processes while the main
