@@ -36,7 +36,6 @@ import numpy as np
 
 from tedloc.pipeline.boxes import (
     ThresholdBoxes,
-    boxes_from_map,
     contour_boxes,
     iou_matrix,
     rescale_boxes,
@@ -278,16 +277,17 @@ class LocalizationAccumulator:
 
         boxes = box = None
         iou = None
-        if self.stored_threshold is not None:
-            u8 = scoremap_to_uint8(scoremap)
-            boxes = boxes_from_map(scoremap, self.stored_threshold, multi_contour=True, scoremap_u8=u8)
-            box = boxes_from_map(scoremap, self.stored_threshold, multi_contour=False, scoremap_u8=u8)
+        u8 = scoremap_to_uint8(scoremap)
+        if self.stored_threshold is not None:  # one search gives every contour's box and the largest's
+            stored = contour_boxes(u8, [self.stored_threshold])
+            boxes = stored.per_threshold(multi_contour=True)[0]
+            box = stored.per_threshold(multi_contour=False)[0]
         if gt_boxes is None or len(gt_boxes) == 0:
             return ImageResult(hits[1], hits[5], None, boxes, box)
 
         gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
         self.n_boxed[label] += 1
-        found = contour_boxes(scoremap_to_uint8(scoremap), self.thresholds)  # one search for V1 and V2
+        found = contour_boxes(u8, self.thresholds)  # one search for V1 and V2
         v1 = best_ious_of(found, gt_boxes, multi_contour=False)
         v2 = best_ious_of(found, gt_boxes, multi_contour=True)
         # Compare IoU with δ/100 exactly as wsolevaluation does (iou >= delta / 100).

@@ -304,7 +304,7 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
     # Each batch's grids are rounded into one of two buffer pairs (see encode_batch) and
     # written from it in the writer's thread while the encoder runs the next batch into the
     # other pair (the writer holds one write in flight: see EncodedFileWriter).  Serial, the
-    # writes left a core idle: 1.3-2.4 s per 640 Lite0 images on a 2-core VM.
+    # writes took 2.0-2.4 s of the main thread per 640 Lite0 images on a 2-core VM.
     buffers: list[tuple[np.ndarray, np.ndarray | None]] = []
     done = 0
     current: EncodedFileWriter | None = None
@@ -590,9 +590,9 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
     ordered = sorted(files, key=lambda f: f.seq)
     if ordered:
         prefetch(ordered[0].path)
-    for k, entry in enumerate(tqdm(ordered, desc="pseudo-labels: maps", unit="batch")):
-        if k + 1 < len(ordered):  # read from disk while this one is mapped
-            prefetch(ordered[k + 1].path)
+    for position, entry in enumerate(tqdm(ordered, desc="pseudo-labels: maps", unit="batch")):
+        if position + 1 < len(ordered):  # read from disk while this one is mapped
+            prefetch(ordered[position + 1].path)
         rows = [row for row, image_id in enumerate(entry.ids) if image_id in pending]
         skipped = {k: v for k, v in entry.skipped.items() if k in pending}
         whole = len(rows) == len(entry.ids) and len(skipped) == len(entry.skipped)
@@ -714,7 +714,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                 # Small ops (CAMs of 16 images) beside the diagnostic's worker processes: one
                 # thread each, or every op waits for a preempted thread (CAMs of 640 Lite0
                 # images took 0.9 s with two threads on 2 cores).
-                with torch_threads(1 if encoder.device.type == "cpu" else torch.get_num_threads()):
+                with torch_threads(1) if encoder.device.type == "cpu" else contextlib.nullcontext():
                     _maps_from_staged(config, encoder, own, pending_set, writer, method=method, weight=weight,
                                       has_features=has_features, has_flip=has_flip, scoring=scoring)
             elif pending:
