@@ -1,9 +1,13 @@
 """Staging files of the pseudo-labels stage, written batch by batch."""
 
+import errno
+
 import h5py
 import numpy as np
 import pytest
 
+from tedloc.artifacts import pseudo_labels as staging
+from tedloc.artifacts.direct_read import DirectRows, open_direct_rows, row_chunk_offsets
 from tedloc.artifacts.pseudo_labels import (
     EncodedFileWriter,
     read_encoded,
@@ -66,23 +70,83 @@ def test_rows_must_match_ids(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _direct_reads_work_here(path) -> bool:
+    with h5py.File(path, "r") as handle:
+        reader = open_direct_rows(path, handle["features"], [0], 1)
+    if reader is None:
+        return False
+    with reader:
+        try:
+            reader.read(0, 1, np.empty((1, 2, 3, 5), np.float16))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("how", ["direct", "h5py", "direct refused"])
 @pytest.mark.parametrize("rows", [list(range(7)), [2, 3, 4, 5], [0, 2, 3, 6], [5]])
-def test_chunks_of_staged_rows_equal_the_whole_read(tmp_path, rows):
+def test_chunks_of_staged_rows_equal_the_whole_read(tmp_path, monkeypatch, rows, how):
+    """Straight from the disk (rows of 60 bytes: nothing aligned), through h5py, and through
+    h5py after a file system refuses the first direct read: the same rows."""
     path = tmp_path / "part000of001-00000.h5"
     with EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0) as writer:
         writer.append(*_batch(0, 4))
         writer.append(*_batch(4, 3))
     whole = read_encoded(path, ["features"])["features"]
+    if how == "direct" and not _direct_reads_work_here(path):
+        pytest.skip("this file system does not take O_DIRECT reads")
+    if how == "h5py":
+        monkeypatch.setattr(staging, "open_direct_rows", lambda *args: None)
+    if how == "direct refused":
+        def refuse(self, start, stop, out):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        monkeypatch.setattr(DirectRows, "read", refuse)
     got, starts, buffers = [], [], set()
     for start, chunk in read_encoded_chunks(path, "features", rows, chunk=3):
         starts.append(start)
-        got.append(chunk.copy())  # a view of the reused buffer: valid until the next chunk
+        got.append(chunk.copy())  # a view of a reused buffer: valid until the next chunk
         buffers.add(chunk.base.ctypes.data if chunk.base is not None else chunk.ctypes.data)
-    assert starts == list(range(0, len(rows), 3)) and len(buffers) == 1
+    assert starts == list(range(0, len(rows), 3))
+    # Direct reads alternate two buffers (a thread reads one chunk ahead); h5py reuses one.
+    assert len(buffers) == (min(2, len(starts)) if how == "direct" else 1)
     np.testing.assert_array_equal(np.concatenate(got), whole[rows])
     assert list(read_encoded_chunks(path, "features", [], chunk=3)) == []
     with pytest.raises(ArtifactError, match="cannot read staged array 'nope'"):
         list(read_encoded_chunks(path, "nope", rows, chunk=3))
+
+
+def test_direct_reads_only_where_hdf5_stores_plain_rows(tmp_path):
+    """Compressed grids, several rows per chunk, contiguous layout, unwritten rows: None
+    (the caller reads through h5py)."""
+    path = tmp_path / "layouts.h5"
+    data = np.arange(4 * 6, dtype=np.float16).reshape(4, 2, 3)
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("plain", data=data, chunks=(1, 2, 3))
+        handle.create_dataset("lzf", data=data, chunks=(1, 2, 3), compression="lzf")
+        handle.create_dataset("two_rows", data=data, chunks=(2, 2, 3))
+        handle.create_dataset("contiguous", data=data)
+        sparse = handle.create_dataset("sparse", shape=(4, 2, 3), dtype=np.float16, chunks=(1, 2, 3))
+        sparse[0] = data[0]
+    with h5py.File(path, "r") as handle:
+        offsets = row_chunk_offsets(handle["plain"], [0, 1, 3])
+        assert offsets is not None and len(offsets) == 3
+        for name in ("lzf", "two_rows", "contiguous"):
+            assert row_chunk_offsets(handle[name], [0, 1]) is None, name
+        assert row_chunk_offsets(handle["sparse"], [0]) is not None
+        assert row_chunk_offsets(handle["sparse"], [0, 1]) is None
+
+
+def test_a_file_cut_short_is_an_error_not_zeros(tmp_path):
+    path = tmp_path / "part000of001-00000.h5"
+    with EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0) as writer:
+        writer.append(*_batch(0, 4))
+    if not _direct_reads_work_here(path):
+        pytest.skip("this file system does not take O_DIRECT reads")
+    with h5py.File(path, "r") as handle:
+        offsets = row_chunk_offsets(handle["features"], [0, 1, 2, 3])
+    reader = DirectRows(path, offsets + path.stat().st_size, 60, 4)  # rows past the end
+    with reader, pytest.raises(OSError, match="short"):
+        reader.read(0, 4, np.empty((4, 2, 3, 5), np.float16))
 
 
 def test_background_grid_writes_give_the_same_file_and_wait_before_reuse(tmp_path, monkeypatch):

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tedloc.data.images import decode_rgb, load_gray, load_rgb, read_size
+from tedloc.data.images import (
+    decode_rgb,
+    load_gray,
+    load_rgb,
+    load_rgb_resized,
+    read_size,
+    resize_whole,
+)
 from tedloc.errors import InputError
 
 
@@ -129,3 +136,33 @@ def test_load_gray_mask(tmp_path):
     mask[1:3, 2:4] = 255
     out = load_gray(_write(tmp_path / "m.png", mask))
     assert out.shape == (4, 5) and int((out > 0).sum()) == 4
+
+
+@pytest.mark.parametrize("name, shape, dtype", [
+    ("photo.jpg", (375, 500, 3), np.uint8),     # shrunk: area interpolation
+    ("small.png", (50, 70, 3), np.uint8),       # enlarged: bilinear
+    ("exact.png", (32, 32, 3), np.uint8),       # already the size
+    ("gray.png", (90, 60), np.uint8),
+    ("rgba.png", (80, 100, 4), np.uint8),
+    ("deep.png", (64, 48, 3), np.uint16),
+])
+def test_resized_decoding_equals_decode_then_resize(tmp_path, name, shape, dtype):
+    """The loaders' path (resize before the channel swap when it can) gives exactly the
+    pixels of decoding to RGB and resizing that, and the original (width, height)."""
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, shape).astype(np.uint8), (0, 0), 2).astype(dtype)
+    if dtype == np.uint16:
+        image = image * 257
+    path = _write(tmp_path / name, image)
+    resized, size = load_rgb_resized(path, 32)
+    expected = resize_whole(load_rgb(path), 32)
+    assert resized.shape == (32, 32, 3) and resized.dtype == np.uint8
+    np.testing.assert_array_equal(resized, expected)
+    assert size == (shape[1], shape[0])
+
+
+def test_resized_decoding_names_a_bad_file(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("hello")
+    with pytest.raises(InputError, match="notes.jpg.*not a recognized image format"):
+        load_rgb_resized(path, 32)

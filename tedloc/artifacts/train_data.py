@@ -203,12 +203,10 @@ class _ImageBatches(TorchDataset):
         return len(self.plan)
 
     def __getitem__(self, k: int) -> torch.Tensor:
-        from tedloc.pipeline.image_encoders import resize_image
-
         indices, flips = self.plan[k]
         images = []
         for i, flip in zip(indices, flips, strict=True):
-            image = resize_image(self.dataset.load_image(self.records[i]), self.input_size)
+            image, _ = self.dataset.load_resized(self.records[i], self.input_size)
             images.append(image[:, ::-1] if flip else image)
         return torch.from_numpy(np.ascontiguousarray(np.stack(images)))
 

@@ -107,6 +107,17 @@ class Dataset:
             return self.image_source(record)
         return load_rgb(record.path)
 
+    def load_resized(self, record: Record, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """(uint8 RGB (size, size, 3), original (width, height)) of ``record``: the whole
+        image resized as :func:`tedloc.data.images.resize_whole` does, the same pixels as
+        resizing :meth:`load_image`'s array."""
+        from tedloc.data.images import load_rgb_resized, resize_whole
+
+        if record.path is None:
+            image = self.load_image(record)
+            return resize_whole(image, size), (image.shape[1], image.shape[0])
+        return load_rgb_resized(record.path, size)
+
     def load_mask(self, record: Record) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(foreground, ignore) bool masks (H, W) of ``record``, each None when absent.
 

@@ -47,13 +47,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tedloc.config import hash_json
+from tedloc.data.images import resize_whole
 from tedloc.errors import ConfigError
 from tedloc.pipeline.devices import resolve_device  # noqa: F401 (re-exported)
 
@@ -91,11 +91,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
-    height, width = image.shape[:2]
-    if (height, width) == (size, size):
-        return np.ascontiguousarray(image)
-    shrink = height * width > size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return resize_whole(image, size)
 
 
 def resize_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:

@@ -34,7 +34,6 @@ from torch.utils.data import Dataset as TorchDataset
 
 from tedloc.data.records import Dataset, Record
 from tedloc.errors import InputError, TedlocError
-from tedloc.pipeline.image_encoders import resize_image
 
 ON_BAD_IMAGE = ("fail", "skip")
 #: Decoding processes when ``num_workers`` is "auto" (-1) and the encoder is on an accelerator.
@@ -98,14 +97,13 @@ class _ResizedImages(TorchDataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         try:
-            image = self.dataset.load_image(record)
+            image, size = self.dataset.load_resized(record, self.input_size)
         except InputError as exc:
             # Exceptions with custom __init__ do not survive pickling back from a worker.
             return index, None, (0, 0), (str(exc.path), exc.problem, exc.line)
         except TedlocError as exc:
             return index, None, (0, 0), (str(record.path or record.image_id), str(exc), None)
-        height, width = image.shape[:2]
-        return index, resize_image(image, self.input_size), (width, height), None
+        return index, image, size, None
 
 
 class _Collate:

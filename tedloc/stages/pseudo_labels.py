@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tedloc.artifacts.atomic import BackgroundCommitter, prefetch
+from tedloc.artifacts.atomic import BackgroundCommitter
 from tedloc.artifacts.pseudo_labels import (
     CLASSIFIER_FILE,
     FORMAT,
@@ -240,8 +240,9 @@ def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool
     return joined(pooled), joined(grids), (joined(flips) if with_flip else None)
 
 
-#: Drop each staging file's pages from the page cache once it is on disk (step 1) and read
-#: it back, prefetched, in step 3 (see BackgroundCommitter).
+#: Drop each staging file's pages from the page cache once it is on disk (step 1); step 3
+#: reads its grids back straight from the disk (see BackgroundCommitter and
+#: tedloc.artifacts.direct_read).
 DROP_STAGED_PAGES = True
 
 #: Images per CAM computation: a chunk's float32 copy of the grids (17.5 MB for Lite0) is
@@ -328,8 +329,8 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
         # an interruption from the hook leaves exactly the files it was told of.
         collect_closed(wait=AFTER_ENCODE_HOOK is not None)
 
-    # Staging files are read once more, by step 3, which prefetches them: their pages leave
-    # the cache once on disk and the next files reuse them (see BackgroundCommitter).
+    # Staging files are read once more, by step 3, from the disk: their pages leave the
+    # cache once on disk and the next files reuse them (see BackgroundCommitter).
     with BackgroundCommitter(drop_cache=DROP_STAGED_PAGES) as committer:
         try:
             for batch_index, batch in enumerate(tqdm(loader, desc="pseudo-labels: encode", unit="batch")):
@@ -587,12 +588,7 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
     weight_t = torch.as_tensor(weight, device=encoder.device)
     grids = ["features"] + (["features_flip"] if has_flip else [])
     done = 0
-    ordered = sorted(files, key=lambda f: f.seq)
-    if ordered:
-        prefetch(ordered[0].path)
-    for position, entry in enumerate(tqdm(ordered, desc="pseudo-labels: maps", unit="batch")):
-        if position + 1 < len(ordered):  # read from disk while this one is mapped
-            prefetch(ordered[position + 1].path)
+    for entry in tqdm(sorted(files, key=lambda f: f.seq), desc="pseudo-labels: maps", unit="batch"):
         rows = [row for row, image_id in enumerate(entry.ids) if image_id in pending]
         skipped = {k: v for k, v in entry.skipped.items() if k in pending}
         whole = len(rows) == len(entry.ids) and len(skipped) == len(entry.skipped)
