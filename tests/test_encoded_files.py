@@ -1,13 +1,21 @@
 """Staging files of the pseudo-labels stage, written batch by batch."""
 
 import errno
+import fcntl
+import os
 
 import h5py
 import numpy as np
 import pytest
 
 from tedloc.artifacts import pseudo_labels as staging
-from tedloc.artifacts.direct_read import DirectRows, open_direct_rows, row_chunk_offsets
+from tedloc.artifacts.direct_io import (
+    ALIGN,
+    DirectRows,
+    aligned_rows,
+    open_direct_rows,
+    row_chunk_offsets,
+)
 from tedloc.artifacts.pseudo_labels import (
     EncodedFileWriter,
     read_encoded,
@@ -188,3 +196,47 @@ def test_close_in_background_publishes_the_file_when_its_future_is_done(tmp_path
     assert path.exists() and entry.ids == ["img0", "img1"] and "features" in entry.contents
     with pytest.raises(ValueError, match="already closed"):
         writer.close_in_background()
+
+
+def _big_batch(start: int, n: int, buffer: np.ndarray | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Rows of 8400 bytes (two 4 KiB blocks and a 208-byte rest), in ``buffer`` if given."""
+    rng = np.random.default_rng(start)
+    grids = rng.random((n, 3, 7, 200)).astype(np.float16)
+    if buffer is not None:
+        buffer[:n] = grids
+        grids = buffer[:n]
+    return [f"img{start + i}" for i in range(n)], {
+        "label": np.zeros(n, np.int64), "image_size": np.full((n, 2), 7, np.int32),
+        "pooled": np.zeros((n, 5), np.float32), "features": grids}
+
+
+@pytest.mark.parametrize("how", ["direct", "refused"])
+def test_grids_written_past_the_page_cache_read_back_equal(tmp_path, monkeypatch, how):
+    """Rows on page boundaries (aligned_rows) go straight to their chunks, others (a plain
+    array) through ordinary writes, and all of them through ordinary writes once the file
+    system refuses a direct write: the file reads back the same through h5py."""
+    path = tmp_path / "part000of001-00000.h5"
+    real_pwrite = os.pwrite
+    if how == "refused":
+        def pwrite(fd, data, offset):
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_pwrite(fd, data, offset)
+        monkeypatch.setattr(os, "pwrite", pwrite)
+    aligned = aligned_rows(4, (3, 7, 200), np.float16)
+    assert all(row.ctypes.data % ALIGN == 0 for row in aligned) and aligned.shape == (4, 3, 7, 200)
+    batches = [_big_batch(0, 4, aligned), _big_batch(4, 3), _big_batch(7, 0)]
+    expected = np.concatenate([arrays["features"].copy() for _, arrays in batches])
+    writer = EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0, expected_grid_bytes=64 << 20)
+    direct = writer._direct
+    if direct is None or (how == "direct" and direct._direct_fd < 0):
+        writer.abort()
+        pytest.skip("this file system does not take O_DIRECT writes")
+    with writer:
+        for ids, arrays in batches:
+            writer.append(ids, arrays)
+    assert direct.direct_rows == (4 if how == "direct" else 0)
+    with h5py.File(path, "r") as handle:
+        np.testing.assert_array_equal(handle["features"][()], expected)
+        assert handle["features"].chunks == (1, 3, 7, 200) and handle["features"].compression is None
+    assert read_encoded(path, ["label"])["label"].shape == (7,)

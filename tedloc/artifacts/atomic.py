@@ -108,8 +108,8 @@ def has_room_for(directory: str | Path, size: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: str | Path, *, size_hint: int = 0,
-              committer: BackgroundCommitter | None = None) -> Iterator[h5py.File]:
+def atomic_h5(path: str | Path, *, size_hint: int = 0, committer: BackgroundCommitter | None = None,
+              align_large: int = 1) -> Iterator[h5py.File]:
     """Open a new HDF5 file for writing that appears at ``path`` only once closed.
 
     Small files (and any file on a disk short of room) are built in memory (HDF5's ``core``
@@ -127,13 +127,16 @@ def atomic_h5(path: str | Path, *, size_hint: int = 0,
     Args:
         size_hint: expected size of the file in bytes (0: unknown, built in memory).
         committer: defer the fsync and rename to this committer's thread.
+        align_large: in a file written straight to disk, objects of 4 KiB or more (chunks
+            of feature grids) start at a multiple of this many bytes (1: packed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # so that its disk can be asked
     direct = size_hint >= DIRECT_WRITE_MIN_BYTES and has_room_for(path.parent, size_hint)
     with atomic_path(path, committer=committer) as tmp:
         if direct:
-            with h5py.File(str(tmp), "w") as handle:
+            alignment = {"alignment_threshold": 4096, "alignment_interval": align_large} if align_large > 1 else {}
+            with h5py.File(str(tmp), "w", **alignment) as handle:
                 yield handle
             return
         handle = h5py.File(str(tmp), "w", driver="core", backing_store=False)
@@ -160,7 +163,7 @@ class BackgroundCommitter:
 
     With ``drop_cache`` each file's pages leave the page cache once it is on disk, and the
     next files written reuse them: for a stream of large files read back later, if at all,
-    straight from the disk (:mod:`tedloc.artifacts.direct_read`).  Page-cache pages touched
+    straight from the disk (:mod:`tedloc.artifacts.direct_io`).  Page-cache pages touched
     for the first time are costly where memory is given to the machine lazily, as on a VM: there, 700 MB took 2 s to write
     into new pages, 0.14 s into recycled ones, and 280 MB read back from disk in 0.2 s.
     """

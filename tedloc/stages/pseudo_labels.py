@@ -58,6 +58,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tedloc.artifacts.atomic import BackgroundCommitter
+from tedloc.artifacts.direct_io import aligned_rows
 from tedloc.artifacts.pseudo_labels import (
     CLASSIFIER_FILE,
     FORMAT,
@@ -242,7 +243,7 @@ def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool
 
 #: Drop each staging file's pages from the page cache once it is on disk (step 1); step 3
 #: reads its grids back straight from the disk (see BackgroundCommitter and
-#: tedloc.artifacts.direct_read).
+#: tedloc.artifacts.direct_io).
 DROP_STAGED_PAGES = True
 
 #: Images per CAM computation: a chunk's float32 copy of the grids (17.5 MB for Lite0) is
@@ -343,8 +344,10 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
                     grid_buffer = flip_buffer = None
                     if stage_grid:
                         if len(buffers) < 2 or len(buffers[0][0]) < n:
-                            buffers = [(np.empty((n, h, w, c), np.float16),
-                                        np.empty((n, h, w, c), np.float16) if stage_flip else None)
+                            # Rows on page boundaries: each can be written straight to its
+                            # chunk on the disk (tedloc.artifacts.direct_io).
+                            buffers = [(aligned_rows(n, (h, w, c), np.float16),
+                                        aligned_rows(n, (h, w, c), np.float16) if stage_flip else None)
                                        for _ in range(2)]
                         grid_buffer, flip_buffer = buffers[batch_index % 2]
                     pooled, grid, flip_grid = encode_batch(
