@@ -58,13 +58,6 @@ def _box_hits_task(args: tuple) -> np.ndarray:
     return box_hits(*args)
 
 
-def _one_opencv_thread() -> None:
-    # A worker process per core already: OpenCV's own thread pool would only preempt them.
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 class BoxDiagnostic:
     """Accumulates MaxBoxAccV2 hits over chunks of images.
 
@@ -105,8 +98,7 @@ class BoxDiagnostic:
         if self._pool is None:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else None)
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
-                                             initializer=_one_opencv_thread)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
         return self._pool
 
     def value(self) -> float | None:
