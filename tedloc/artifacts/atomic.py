@@ -163,9 +163,10 @@ class BackgroundCommitter:
 
     With ``drop_cache`` each file's pages leave the page cache once it is on disk, and the
     next files written reuse them: for a stream of large files read back later, if at all,
-    straight from the disk (:mod:`tedloc.artifacts.direct_io`).  Page-cache pages touched
-    for the first time are costly where memory is given to the machine lazily, as on a VM: there, 700 MB took 2 s to write
-    into new pages, 0.14 s into recycled ones, and 280 MB read back from disk in 0.2 s.
+    straight from the disk (:mod:`tedloc.artifacts.direct_io`). Page-cache pages touched for
+    the first time are costly where memory is given to the machine lazily, as on a VM: there,
+    700 MB took 2 s to write into new pages, 0.14 s into recycled ones, and 280 MB read back
+    from disk in 0.2 s.
     """
 
     def __init__(self, *, drop_cache: bool = False) -> None:
