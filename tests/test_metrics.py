@@ -293,6 +293,9 @@ def test_boxes_at_every_threshold_match_the_reference_on_maps_with_plateaus():
             got = boxes_at_thresholds(u8, thresholds, multi_contour=multi)
             for tau, boxes in zip(thresholds, got, strict=True):
                 np.testing.assert_array_equal(boxes, _boxes_reference(u8, tau, multi))
+            for tau in thresholds[::7]:  # one threshold alone: no pixel count, same boxes
+                alone = boxes_at_thresholds(u8, [tau], multi_contour=multi)
+                np.testing.assert_array_equal(alone[0], _boxes_reference(u8, tau, multi))
         unordered = contour_boxes(u8, thresholds, largest=False, any_order=True).per_threshold(multi_contour=True)
         for tau, boxes in zip(thresholds, unordered, strict=True):  # RETR_LIST: same boxes, any order
             np.testing.assert_array_equal(np.unique(boxes, axis=0), np.unique(_boxes_reference(u8, tau, True), axis=0))

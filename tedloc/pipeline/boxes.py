@@ -82,7 +82,8 @@ def contour_boxes(scoremap_u8: np.ndarray, thresholds, *, largest: bool = True,
       ``largest``) and V2's (every contour);
     * a threshold that keeps the same pixels as the previous one (level sets are nested,
       so the same count of pixels means the same set) reuses its boxes, and one that keeps
-      none gives ``[0, 0, 0, 0]``, both without a search (counts from one histogram);
+      none gives ``[0, 0, 0, 0]``, both without a search (counts from one histogram,
+      skipped for a single threshold);
     * boxes are converted with array arithmetic once per map, not per threshold;
     * with ``any_order`` (and not ``largest``), for callers that only take the best box,
       ``RETR_LIST``: the same contours as ``RETR_TREE`` without the hierarchy, ~15% faster,
@@ -90,8 +91,11 @@ def contour_boxes(scoremap_u8: np.ndarray, thresholds, *, largest: bool = True,
     """
     height, width = scoremap_u8.shape
     top = int(scoremap_u8.max())
-    # above[t]: how many pixels are > t, for t = 0..255.
-    above = scoremap_u8.size - np.cumsum(np.bincount(scoremap_u8.ravel(), minlength=256))
+    # above[t]: how many pixels are > t, for t = 0..255; not counted for one threshold (it
+    # cannot reuse a search, and a search that finds nothing gives the empty box anyway).
+    above = None
+    if len(thresholds) > 1:
+        above = scoremap_u8.size - np.cumsum(np.bincount(scoremap_u8.ravel(), minlength=256))
     rects: list[tuple[int, int, int, int]] = []
     counts = np.empty(len(thresholds), np.int64)
     largest_rows = np.empty(len(thresholds), np.int64) if largest else None
@@ -99,27 +103,28 @@ def contour_boxes(scoremap_u8: np.ndarray, thresholds, *, largest: bool = True,
     retrieval = cv2.RETR_LIST if any_order and not largest else cv2.RETR_TREE
     for k, tau in enumerate(thresholds):
         level = int(float(tau) * top)
-        count = int(above[min(level, 255)])
+        count = None if above is None else int(above[min(level, 255)])
         first = len(rects)
-        if count == 0:
-            rects.append((0, 0, 0, 0))
-            counts[k] = 1
-            if largest:
-                largest_rows[k] = first
-        elif count == previous_count:
+        if count is not None and count == previous_count:
             counts[k] = counts[k - 1]
             rects.extend(rects[previous_first:first])
             if largest:
                 largest_rows[k] = largest_rows[k - 1] + (first - previous_first)
         else:
-            _, binary = cv2.threshold(scoremap_u8, level, 255, cv2.THRESH_BINARY)
-            contours = cv2.findContours(binary, retrieval, cv2.CHAIN_APPROX_SIMPLE)[-2]
-            rects.extend(map(cv2.boundingRect, contours))
-            counts[k] = len(contours)
+            contours = []
+            if count != 0:
+                _, binary = cv2.threshold(scoremap_u8, level, 255, cv2.THRESH_BINARY)
+                contours = cv2.findContours(binary, retrieval, cv2.CHAIN_APPROX_SIMPLE)[-2]
+            if contours:
+                rects.extend(map(cv2.boundingRect, contours))
+                counts[k] = len(contours)
+            else:
+                rects.append((0, 0, 0, 0))
+                counts[k] = 1
             if largest:
-                areas = [cv2.contourArea(contour) for contour in contours]
+                areas = [cv2.contourArea(contour) for contour in contours] or [0.0]
                 largest_rows[k] = first + max(range(len(areas)), key=areas.__getitem__)
-        previous_count, previous_first = count, first
+        previous_count, previous_first = -1 if count is None else count, first
     boxes = np.array(rects, dtype=np.int64).reshape(-1, 4)
     boxes[:, 2] = np.minimum(boxes[:, 0] + boxes[:, 2], width - 1)
     boxes[:, 3] = np.minimum(boxes[:, 1] + boxes[:, 3], height - 1)
