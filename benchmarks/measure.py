@@ -18,3 +18,17 @@ def rss_tree_kb(pid: int) -> int:
     except (OSError, ValueError):
         pass
     return total
+
+
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor has taken from this (virtual) machine since boot, summed over
+    its CPUs, in seconds (``steal`` in /proc/stat); None where it is not reported.  The
+    difference over a run, divided by (run seconds × CPUs), is the share of the machine
+    the host took while it ran: timings of a run with a large share are not comparable."""
+    import os
+
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

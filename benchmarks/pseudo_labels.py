@@ -20,6 +20,9 @@ one run), which measures, in that one run:
   machine was) and the median run is reported, all after one
   warm-up forward;
 * their ratio (the goal is ≥ 0.85: decoding, CAM and HDF5 writing hide behind the encoder).
+* the share of the machine's CPU time the host took (``steal`` in /proc/stat) during each
+  stage run: on a virtual machine that shares its host, a run with a large share is slowed
+  by the host, not by the stage.
 
 Peak RSS at two image counts shows whether memory grows with N (it must not: the stage
 streams to shards; a final shard is buffered whole, so memory is bounded by --shard-size
@@ -45,7 +48,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import rss_tree_kb  # noqa: E402
+from measure import rss_tree_kb, steal_seconds  # noqa: E402
 
 
 def synthetic_tree(root: Path, n: int) -> Path:
@@ -161,16 +164,25 @@ def one_run(args) -> dict:
     # run is compared with the mean of the bare passes on either side of it, so that the
     # machine's speed drifting during the run favours neither side.  The median (for an even
     # number of runs the lower of the two middle ones) is reported.
+    cpus = os.cpu_count() or 1
+    steal: list[float | None] = []  # share of the machine the host took during each stage run
+
+    def stolen_share(since: float | None, seconds: float) -> float | None:
+        now = steal_seconds()
+        return None if since is None or now is None else (now - since) / (seconds * cpus)
+
     bare = [bare_pass()]
     stage_s: list[float] = []
     peak_mb = 0.0
     for _ in range(args.repeats):
         workdir = Path(tempfile.mkdtemp(prefix="tedloc-bench-work-"))
         with _PeakRSS() as rss:
+            stolen_before = steal_seconds()
             start = time.perf_counter()
             pseudo_labels.run(config, workdir=workdir)
             sync()
             stage_s.append(time.perf_counter() - start)
+            steal.append(stolen_share(stolen_before, stage_s[-1]))
         peak_mb = max(peak_mb, rss.peak_mb)
         shutil.rmtree(workdir, ignore_errors=True)
         bare.append(bare_pass())
@@ -183,7 +195,8 @@ def one_run(args) -> dict:
             "bare_images_per_s": n / bare_s, "bare_forwards_per_s": forwards / bare_s,
             "bare_drift": bare[median + 1] / bare[median],
             "stage_images_per_s": n / stage_s[median], "stage_forwards_per_s": forwards / stage_s[median],
-            "ratio": ratios[median], "ratios": ratios, "peak_rss_mb": peak_mb, "forwards": forwards}
+            "ratio": ratios[median], "ratios": ratios, "steal": steal, "peak_rss_mb": peak_mb,
+            "forwards": forwards}
 
 
 def main() -> int:
@@ -194,9 +207,10 @@ def main() -> int:
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--batch-size", type=int, default=64, help="The stage's batch_size (its default: 64).")
     parser.add_argument("--forward-batch-size", type=int, default=0,
-                        help="The stage's forward_batch_size (its default 0: 8 on CPU, the batch on GPU).")
+                        help="The stage's forward_batch_size (its default 0: 2 on a CPU, the batch on a GPU).")
     parser.add_argument("--num-workers", type=int, default=-1,
-                        help="The stage's num_workers (its default -1: none on a CPU, 8 on a GPU).")
+                        help="The stage's num_workers (its default -1: on a CPU, decoding threads in the "
+                             "stage's process; on a GPU, 8 worker processes).")
     parser.add_argument("--device", default="auto")
     # Peak memory is bounded by shard_size images (a staging file's small arrays, one final
     # shard's maps), not by N.
@@ -249,7 +263,8 @@ def main() -> int:
               f"{r['stage_images_per_s']:>12.2f} {r['stage_forwards_per_s']:>12.2f} {r['ratio']:>6.3f} "
               f"{r['peak_rss_mb']:>12.0f}   ({r['device']}, {r['threads']} threads, "
               f"forward batch {r['forward_batch']}; ratios of the {len(r['ratios'])} runs: "
-              f"{', '.join(f'{x:.3f}' for x in r['ratios'])})")
+              f"{', '.join(f'{x:.3f}' for x in r['ratios'])}; host steal during them: "
+              f"{', '.join('n/a' if x is None else f'{100 * x:.1f}%' for x in r['steal'])})")
     return 0
 
 
