@@ -322,3 +322,58 @@ def test_one_contour_search_gives_v1_and_v2():
     v2_only = contour_boxes((scoremap * 255).astype(np.uint8), thresholds, largest=False)
     with pytest.raises(ValueError, match="largest"):
         best_ious_of(v2_only, gt, multi_contour=False)
+
+
+def _maps_and_gt_boxes(rng, count):
+    """Smooth and noisy 224×224 uint8-ready maps, each with 1-3 GT boxes of any size (a
+    pixel to the whole map) anywhere, some at the map's edges."""
+    import cv2
+
+    from tedloc.pipeline.metrics import evaluation_map
+
+    for k in range(count):
+        grid = cv2.GaussianBlur(rng.random((14, 14)).astype(np.float32), (0, 0), 0.3 + 0.4 * (k % 4))
+        count = int(rng.integers(1, 4))
+        xs, ys = (np.sort(rng.integers(0, 224, (count, 2)), axis=1) for _ in range(2))
+        gt = np.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1)
+        if k % 5 == 0:
+            gt[0] = [0, 0, 223, 223]
+        yield evaluation_map(grid, 224), gt.astype(np.int64)
+
+
+def test_box_iou_bounds_are_upper_bounds_of_every_box():
+    from tedloc.pipeline.boxes import contour_boxes, iou_matrix, scoremap_to_uint8
+    from tedloc.pipeline.metrics import box_iou_bounds, threshold_grid
+
+    thresholds = threshold_grid(0.01)
+    rng = np.random.default_rng(11)
+    below = 0
+    for scoremap, gt in _maps_and_gt_boxes(rng, 30):
+        u8 = scoremap_to_uint8(scoremap)
+        bounds = box_iou_bounds(u8, gt, thresholds)
+        found = contour_boxes(u8, thresholds, largest=False, any_order=True)
+        for tau, bound, boxes in zip(thresholds, bounds, found.per_threshold(multi_contour=True), strict=True):
+            if (u8 > int(tau * u8.max())).any():
+                assert iou_matrix(boxes, gt).max() <= bound
+                below += bound < 0.3
+            else:
+                assert bound == np.inf
+    assert below > 0  # the bound leaves some thresholds out of reach on these maps
+    empty = np.zeros((8, 8), np.uint8)
+    assert (box_iou_bounds(empty, np.array([[0, 0, 3, 3]]), thresholds) == np.inf).all()
+
+
+def test_floor_skips_searches_but_not_hits():
+    from tedloc.pipeline.metrics import best_ious, threshold_grid
+
+    thresholds = threshold_grid(0.01)
+    rng = np.random.default_rng(12)
+    for scoremap, gt in _maps_and_gt_boxes(rng, 30):
+        for multi in (True, False):
+            exact = best_ious(scoremap, gt, thresholds, multi_contour=multi)
+            floored = best_ious(scoremap, gt, thresholds, multi_contour=multi, floor=0.3)
+            kept = floored > 0
+            np.testing.assert_array_equal(floored[kept], exact[kept])
+            assert (exact[~kept] < 0.3).all()
+            for delta in (0.3, 0.5, 0.7):
+                np.testing.assert_array_equal(floored >= delta, exact >= delta)

@@ -113,7 +113,7 @@ def gt_boxes_at_eval_size(boxes: np.ndarray, image_size: tuple[int, int], eval_s
 
 
 def best_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[float], *,
-              multi_contour: bool) -> np.ndarray:
+              multi_contour: bool, floor: float = 0.0) -> np.ndarray:
     """float64 (T,): at each threshold, the best IoU between the map's boxes and ``gt_boxes``.
 
     Args:
@@ -121,10 +121,50 @@ def best_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[f
         gt_boxes: (K ≥ 1, 4) ``x0y0x1y1`` boxes in the map's pixels.
         thresholds: τ values in [0, 1).
         multi_contour: False for V1 (largest contour), True for V2 (every contour).
+        floor: thresholds at which :func:`box_iou_bounds` shows that no box can reach this
+            IoU are not searched and give 0.0 (for callers that only count IoUs ≥ floor:
+            their counts are unchanged).
     """
+    scoremap_u8 = scoremap_to_uint8(scoremap)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    ious = np.zeros(len(thresholds))
+    searched = np.ones(len(thresholds), bool)
+    if floor > 0:
+        searched = box_iou_bounds(scoremap_u8, gt_boxes, thresholds) >= floor
+        if not searched.any():
+            return ious
     # The best IoU does not depend on the order of a threshold's boxes.
-    found = contour_boxes(scoremap_to_uint8(scoremap), thresholds, largest=not multi_contour, any_order=True)
-    return best_ious_of(found, gt_boxes, multi_contour=multi_contour)
+    found = contour_boxes(scoremap_u8, thresholds[searched], largest=not multi_contour, any_order=True)
+    ious[searched] = best_ious_of(found, gt_boxes, multi_contour=multi_contour)
+    return ious
+
+
+def box_iou_bounds(scoremap_u8: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """float64 (T,): at each threshold, an upper bound of the IoU of any box of the map (any
+    contour's, as :func:`contour_boxes` makes them) with any of ``gt_boxes``; ``inf`` where
+    no pixel is above the threshold (the empty box is not bounded).
+
+    Every contour (outer or hole) lies in the bounding box of the pixels above the
+    threshold, so every box lies in that box widened by one pixel right and down (a box's
+    far corner is its rect's ``x + w``, clipped): B.  IoU(b, g) ≤ |b ∩ g| / |g| ≤ |B ∩ g| / |g|.
+    Level sets shrink as the threshold rises, and so does the bound: a map's peak far
+    from the GT box leaves its high thresholds out of reach.  Costs two (T, H) and (T, W)
+    comparisons.
+    """
+    height, width = scoremap_u8.shape
+    levels = (np.asarray(thresholds, np.float64) * int(scoremap_u8.max())).astype(np.int64)
+    rows = scoremap_u8.max(axis=1)[None, :] > levels[:, None]   # (T, H): a pixel above in the row
+    cols = scoremap_u8.max(axis=0)[None, :] > levels[:, None]   # (T, W)
+    y0, y1 = rows.argmax(axis=1), height - 1 - rows[:, ::-1].argmax(axis=1)
+    x0, x1 = cols.argmax(axis=1), width - 1 - cols[:, ::-1].argmax(axis=1)
+    region = np.stack([x0, y0, np.minimum(x1 + 1, width - 1), np.minimum(y1 + 1, height - 1)], axis=1)
+    gt = np.asarray(gt_boxes, np.int64).reshape(-1, 4)
+    inter_w = np.minimum(region[:, None, 2], gt[None, :, 2]) - np.maximum(region[:, None, 0], gt[None, :, 0]) + 1
+    inter_h = np.minimum(region[:, None, 3], gt[None, :, 3]) - np.maximum(region[:, None, 1], gt[None, :, 1]) + 1
+    inter = np.maximum(inter_w, 0) * np.maximum(inter_h, 0)
+    gt_area = (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1)
+    bounds = (inter / gt_area[None, :]).max(axis=1)
+    return np.where(rows.any(axis=1), bounds, np.inf)
 
 
 def best_ious_of(found: ThresholdBoxes, gt_boxes: np.ndarray, *, multi_contour: bool) -> np.ndarray:
