@@ -377,3 +377,26 @@ def test_floor_skips_searches_but_not_hits():
             assert (exact[~kept] < 0.3).all()
             for delta in (0.3, 0.5, 0.7):
                 np.testing.assert_array_equal(floored >= delta, exact >= delta)
+
+
+def test_accumulator_counts_equal_the_counts_of_every_threshold_searched():
+    from tedloc.pipeline.metrics import LocalizationAccumulator, best_ious, threshold_grid
+
+    thresholds = threshold_grid(0.01)
+    rng = np.random.default_rng(13)
+    for loc_multi_contour in (False, True):
+        acc = LocalizationAccumulator(2, thresholds, loc_multi_contour=loc_multi_contour)
+        v1_hits = np.zeros(len(thresholds), np.int64)
+        v2_hits = np.zeros((3, len(thresholds)), np.int64)
+        loc_hits = np.zeros(len(thresholds), np.int64)
+        for scoremap, gt in _maps_and_gt_boxes(rng, 25):
+            acc.add(scoremap, np.array([1.0, 0.0]), 0, gt)
+            v1 = best_ious(scoremap, gt, thresholds, multi_contour=False)
+            v2 = best_ious(scoremap, gt, thresholds, multi_contour=True)
+            v1_hits += v1 >= 0.5
+            v2_hits += np.stack([v2 >= delta / 100 for delta in (30, 50, 70)])
+            loc_hits += (v2 if loc_multi_contour else v1) >= 0.5
+        np.testing.assert_array_equal(acc.v1_hits[0], v1_hits)
+        np.testing.assert_array_equal(acc.v2_hits[0], v2_hits)
+        np.testing.assert_array_equal(acc.loc_hits[0], loc_hits)
+        assert v2_hits[0].max() > 0 and v1_hits.max() > 0  # the maps do score somewhere

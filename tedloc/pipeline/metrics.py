@@ -277,6 +277,8 @@ class LocalizationAccumulator:
         self.loc_iou = int(loc_iou)
         self.loc_multi_contour = loc_multi_contour
         self.stored_threshold = stored_threshold
+        #: The lowest IoU that any count compares with (δ/100, as wsolevaluation).
+        self.lowest_cut = min(*self.iou_thresholds, self.v1_iou, self.loc_iou) / 100
         num_t, num_d = len(self.thresholds), len(self.iou_thresholds)
         c = num_classes
         self.n_images = np.zeros(c, np.int64)          # every image (classification)
@@ -327,9 +329,14 @@ class LocalizationAccumulator:
 
         gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
         self.n_boxed[label] += 1
-        found = contour_boxes(u8, self.thresholds)  # one search for V1 and V2
-        v1 = best_ious_of(found, gt_boxes, multi_contour=False)
-        v2 = best_ious_of(found, gt_boxes, multi_contour=True)
+        # Only IoUs at or above the lowest cut are counted: thresholds at which no box can
+        # reach it are not searched (their IoUs stay 0; every count is unchanged).
+        searched = box_iou_bounds(u8, gt_boxes, self.thresholds) >= self.lowest_cut
+        v1, v2 = np.zeros(len(self.thresholds)), np.zeros(len(self.thresholds))
+        if searched.any():
+            found = contour_boxes(u8, self.thresholds[searched])  # one search for V1 and V2
+            v1[searched] = best_ious_of(found, gt_boxes, multi_contour=False)
+            v2[searched] = best_ious_of(found, gt_boxes, multi_contour=True)
         # Compare IoU with δ/100 exactly as wsolevaluation does (iou >= delta / 100).
         self.v1_hits[label] += v1 >= self.v1_iou / 100
         for d, delta in enumerate(self.iou_thresholds):
