@@ -39,6 +39,11 @@ import numpy as np
 ALIGN = 4096
 
 
+def row_bytes_of(row_shape: Sequence[int], dtype) -> int:
+    """Bytes of one C-contiguous row of ``row_shape`` and ``dtype``."""
+    return int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
 def row_chunk_offsets(dataset: h5py.Dataset, rows: Sequence[int]) -> np.ndarray | None:
     """int64 (len(rows),) byte offsets in the file of the chunks holding ``rows`` of
     ``dataset``, when each row is one unfiltered, allocated chunk; None otherwise."""
@@ -47,7 +52,7 @@ def row_chunk_offsets(dataset: h5py.Dataset, rows: Sequence[int]) -> np.ndarray 
         return None
     if dataset.id.get_create_plist().get_nfilters():
         return None
-    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dataset.dtype.itemsize
+    row_bytes = row_bytes_of(row_shape, dataset.dtype)
     zeros = (0,) * len(row_shape)
     offsets = np.empty(len(rows), np.int64)
     for k, row in enumerate(rows):
@@ -137,7 +142,7 @@ def open_direct_rows(path: str | Path, dataset: h5py.Dataset, rows: Sequence[int
     offsets = row_chunk_offsets(dataset, rows)
     if offsets is None:
         return None
-    row_bytes = int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize
+    row_bytes = row_bytes_of(dataset.shape[1:], dataset.dtype)
     try:
         return DirectRows(path, offsets, row_bytes, max_rows)
     except OSError:
@@ -159,7 +164,7 @@ def aligned_rows(num_rows: int, row_shape: tuple[int, ...], dtype) -> np.ndarray
     boundary (rows C-contiguous, row stride rounded up to :data:`ALIGN`), so that a row
     can be the memory of a direct write."""
     dtype = np.dtype(dtype)
-    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    row_bytes = row_bytes_of(row_shape, dtype)
     stride = -(-row_bytes // ALIGN) * ALIGN
     backing = np.frombuffer(mmap.mmap(-1, max(1, num_rows) * stride), np.uint8)  # page-aligned
     rows = np.lib.stride_tricks.as_strided(backing, (num_rows, row_bytes), (stride, 1))

@@ -125,18 +125,28 @@ def best_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[f
             IoU are not searched and give 0.0 (for callers that only count IoUs ≥ floor:
             their counts are unchanged).
     """
-    scoremap_u8 = scoremap_to_uint8(scoremap)
     thresholds = np.asarray(thresholds, dtype=np.float64)
+    # The best IoU does not depend on the order of a threshold's boxes.
+    searched, found = boxes_within_reach(scoremap_to_uint8(scoremap), gt_boxes, thresholds, floor,
+                                         largest=not multi_contour, any_order=True)
     ious = np.zeros(len(thresholds))
-    searched = np.ones(len(thresholds), bool)
+    if found is not None:
+        ious[searched] = best_ious_of(found, gt_boxes, multi_contour=multi_contour)
+    return ious
+
+
+def boxes_within_reach(scoremap_u8: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray, floor: float,
+                       **search) -> tuple[np.ndarray, ThresholdBoxes | None]:
+    """(bool (T,) thresholds searched, their :func:`contour_boxes` or None if none): every
+    threshold at which :func:`box_iou_bounds` leaves some box able to reach IoU ``floor``
+    with ``gt_boxes`` (all of them for ``floor`` ≤ 0).  ``search``: contour_boxes' options."""
     if floor > 0:
         searched = box_iou_bounds(scoremap_u8, gt_boxes, thresholds) >= floor
-        if not searched.any():
-            return ious
-    # The best IoU does not depend on the order of a threshold's boxes.
-    found = contour_boxes(scoremap_u8, thresholds[searched], largest=not multi_contour, any_order=True)
-    ious[searched] = best_ious_of(found, gt_boxes, multi_contour=multi_contour)
-    return ious
+    else:
+        searched = np.ones(len(thresholds), bool)
+    if not searched.any():
+        return searched, None
+    return searched, contour_boxes(scoremap_u8, thresholds[searched], **search)
 
 
 def box_iou_bounds(scoremap_u8: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -331,10 +341,10 @@ class LocalizationAccumulator:
         self.n_boxed[label] += 1
         # Only IoUs at or above the lowest cut are counted: thresholds at which no box can
         # reach it are not searched (their IoUs stay 0; every count is unchanged).
-        searched = box_iou_bounds(u8, gt_boxes, self.thresholds) >= self.lowest_cut
+        # One search for V1 and V2.
+        searched, found = boxes_within_reach(u8, gt_boxes, self.thresholds, self.lowest_cut)
         v1, v2 = np.zeros(len(self.thresholds)), np.zeros(len(self.thresholds))
-        if searched.any():
-            found = contour_boxes(u8, self.thresholds[searched])  # one search for V1 and V2
+        if found is not None:
             v1[searched] = best_ious_of(found, gt_boxes, multi_contour=False)
             v2[searched] = best_ious_of(found, gt_boxes, multi_contour=True)
         # Compare IoU with δ/100 exactly as wsolevaluation does (iou >= delta / 100).
