@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -244,10 +244,13 @@ class EncodedFileWriter:
     :meth:`abort`, or an exception inside ``with``, deletes the temporary file.
 
     With ``background``, an append's grids are written by a thread of the writer's own
-    while the caller goes on (the encoder's next forward): the arrays passed must then stay
-    unchanged until the next :meth:`append`, :meth:`close` or :meth:`abort`, each of which
-    first waits for that write (and raises its error).  One write is in flight at a time,
-    so a caller alternating two buffers never overwrites one being written.
+    while the caller goes on (the encoder's next forward).  The arrays passed belong to the
+    writer until their write is over: ``on_written`` (if given) is then called, from the
+    thread that wrote them, whether the write succeeded or not; a caller reusing buffers
+    gives them back to their :class:`~tedloc.artifacts.buffer_pool.BufferPool` there, and
+    never from its own idea of when the write is done (a file's last write can still be
+    running while the next file's writer has started).  The next :meth:`append`,
+    :meth:`close` or :meth:`abort` first waits for the write in flight and raises its error.
 
     Args:
         expected_grid_bytes: about how many bytes of grids the file will hold (decides
@@ -282,27 +285,38 @@ class EncodedFileWriter:
         return len(self.entry.ids) + len(self.entry.skipped)
 
     def append(self, image_ids: Sequence[str], arrays: dict[str, np.ndarray],
-               skipped: dict[str, str] | None = None) -> None:
+               skipped: dict[str, str] | None = None, *,
+               on_written: Callable[[], None] | None = None) -> None:
         """Add B rows: ``arrays`` maps each name to an array with leading dimension B
-        (the same names every call), row i belonging to ``image_ids[i]``."""
-        for name, array in arrays.items():
-            if len(array) != len(image_ids):
-                raise ValueError(f"array {name!r} has {len(array)} rows for {len(image_ids)} ids")
-        self._wait()
+        (the same names every call), row i belonging to ``image_ids[i]``.  ``on_written``:
+        called once the grids have been read for the last time (see the class docstring)."""
+        try:
+            for name, array in arrays.items():
+                if len(array) != len(image_ids):
+                    raise ValueError(f"array {name!r} has {len(array)} rows for {len(image_ids)} ids")
+            self._wait()
+        except BaseException:
+            if on_written is not None:
+                on_written()  # nothing of these arrays was handed to the writer's thread
+            raise
         grids = {name: np.asarray(array) for name, array in arrays.items() if name in GRID_ARRAYS}
         for name, array in arrays.items():
             if name not in GRID_ARRAYS:
-                self._small.setdefault(name, []).append(np.asarray(array))
+                self._small.setdefault(name, []).append(np.array(array))  # a copy: kept until close
         if self._thread is not None:
-            self._in_flight = self._thread.submit(self._append_grids, grids)
+            self._in_flight = self._thread.submit(self._append_grids, grids, on_written)
         else:
-            self._append_grids(grids)
+            self._append_grids(grids, on_written)
         self.entry.ids.extend(image_ids)
         self.entry.skipped.update(skipped or {})
 
-    def _append_grids(self, grids: dict[str, np.ndarray]) -> None:
-        for name, array in grids.items():
-            self._append_grid(name, array)
+    def _append_grids(self, grids: dict[str, np.ndarray], on_written: Callable[[], None] | None) -> None:
+        try:
+            for name, array in grids.items():
+                self._append_grid(name, array)
+        finally:
+            if on_written is not None:
+                on_written()
 
     def _wait(self) -> None:
         """Wait for the grid write in flight, if any; raise its error."""

@@ -9,10 +9,11 @@ Steps (one process, or each of ``num_shards`` processes on its part of the image
    ``features_flip`` is cached; k = ``forward_batch_size``, 2 on a CPU, the whole batch on
    a GPU), and everything later steps need is staged per ``shard_size`` images in
    ``<stage dir>/encoded/partPPPofNNN-SSSSS.h5``: labels, sizes, the pooled vector, the
-   grid and flipped grid (float16).  Each batch's grids are rounded into one of two reused
-   buffer pairs and written into the file's ``*.tmp`` by the writer's thread while the
-   encoder runs the next batch; a full file is closed there too, then fsynced and renamed
-   in a background thread.  So the encoder runs exactly once per image (and once per
+   grid and flipped grid (float16).  Each batch's grids are rounded into a buffer pair
+   taken from a pool of two and written into the file's ``*.tmp`` by the writer's thread
+   while the encoder runs the next batch; the writer gives the pair back once written, so
+   no pair is refilled while it is still read.  A full file is closed there too, then
+   fsynced and renamed in a background thread.  So the encoder runs exactly once per image (and once per
    flipped image).  A killed run resumes with the images not staged.
 2. **Classifier** (``cam_classifier.h5``, written before any shard, reused on resume):
    multinomial logistic regression (``tedloc.pipeline.cam``) on the pooled vectors of
@@ -46,6 +47,7 @@ labels (by content) and the encoder's weight fingerprint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -58,6 +60,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tedloc.artifacts.atomic import BackgroundCommitter
+from tedloc.artifacts.buffer_pool import BufferPool
 from tedloc.artifacts.direct_io import aligned_rows
 from tedloc.artifacts.pseudo_labels import (
     CLASSIFIER_FILE,
@@ -322,11 +325,17 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
     loader = image_loader(config, encoder, dataset, records)
     files: list[EncodedFile] = []
     grid_bytes = h * w * c * 2 * (int(stage_grid) + int(stage_flip))  # float16, per image
-    # Each batch's grids are rounded into one of two buffer pairs (see encode_batch) and
-    # written from it in the writer's thread while the encoder runs the next batch into the
-    # other pair (the writer holds one write in flight: see EncodedFileWriter).  Serial, the
-    # writes took 2.0-2.4 s of the main thread per 640 Lite0 images on a 2-core VM.
-    buffers: list[tuple[np.ndarray, np.ndarray | None]] = []
+    # Each batch's grids are rounded into a buffer pair from a pool of two (see encode_batch)
+    # and written from it in a writer's thread while the encoder runs the next batch into the
+    # other pair.  The writer gives a pair back once it has written it (on_written), so a
+    # pair is never refilled while any file's writer still reads it.  Serial, the writes
+    # took 2.0-2.4 s of the main thread per 640 Lite0 images on a 2-core VM.
+    # Rows on page boundaries: each can be written straight to its chunk on the disk
+    # (tedloc.artifacts.direct_io).
+    rows = min(config.batch_size, len(records))
+    buffers: BufferPool[tuple[np.ndarray, np.ndarray | None]] = BufferPool(
+        lambda: (aligned_rows(rows, (h, w, c), np.float16),
+                 aligned_rows(rows, (h, w, c), np.float16) if stage_flip else None), count=2)
     done = 0
     current: EncodedFileWriter | None = None
     # Files being closed in their writer's thread (after their last grid write) while the
@@ -353,22 +362,18 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
     # cache once on disk and the next files reuse them (see BackgroundCommitter).
     with BackgroundCommitter(drop_cache=DROP_STAGED_PAGES) as committer:
         try:
-            for batch_index, batch in enumerate(tqdm(loader, desc="pseudo-labels: encode", unit="batch")):
+            for batch in tqdm(loader, desc="pseudo-labels: encode", unit="batch"):
                 if batch.bad:
                     log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
                 n = len(batch)
                 arrays: dict[str, np.ndarray] = {"label": batch.labels.astype(np.int64),
                                                  "image_size": batch.sizes.astype(np.int32)}
+                pair = None
                 if n:
                     grid_buffer = flip_buffer = None
                     if stage_grid:
-                        if len(buffers) < 2 or len(buffers[0][0]) < n:
-                            # Rows on page boundaries: each can be written straight to its
-                            # chunk on the disk (tedloc.artifacts.direct_io).
-                            buffers = [(aligned_rows(n, (h, w, c), np.float16),
-                                        aligned_rows(n, (h, w, c), np.float16) if stage_flip else None)
-                                       for _ in range(2)]
-                        grid_buffer, flip_buffer = buffers[batch_index % 2]
+                        pair = buffers.acquire()
+                        grid_buffer, flip_buffer = pair
                     pooled, grid, flip_grid = encode_batch(
                         encoder, batch.pixels, with_flip=stage_flip, forward_batch=forward_batch,
                         grid_out=grid_buffer, flip_out=flip_buffer)
@@ -388,7 +393,8 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
                         seq=seq, grid_compression=_feature_compression(config)["features"],
                         expected_grid_bytes=grid_bytes * min(config.shard_size, len(records)),
                         dataset_attrs=dataset_attrs, committer=committer, background=True)
-                current.append(batch.ids, arrays, batch.bad)
+                current.append(batch.ids, arrays, batch.bad,
+                               on_written=None if pair is None else functools.partial(buffers.release, pair))
                 done += n + len(batch.bad)
                 if current.num_images >= config.shard_size:
                     close_current()
