@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tedloc.config import StageConfig, option
+from tedloc.config import StageConfig, check_fields, option
 from tedloc.errors import ConfigError
 
 ON_BAD_IMAGE = ("fail", "skip")
@@ -29,6 +29,7 @@ class Config(StageConfig):
     NOT_HASHED = frozenset({"dataset", "batch_size", "num_workers", "device", "shard_size", "cpu_keep_freed_memory",
                             "num_overlays", "export_scoremaps"})
     SECTION = "evaluate"
+    PATH_FIELDS = {"dataset": "dataset"}
 
     # --- what is evaluated -------------------------------------------------------------
     # '' = the dataset recorded in the pseudo-labels manifest (the one trained on).
@@ -83,6 +84,7 @@ class Config(StageConfig):
         self.validate()
 
     def validate(self) -> None:
+        check_fields(self, "evaluate")
         if self.on_bad_image not in ON_BAD_IMAGE:
             raise ConfigError(f"evaluate: on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
                               f"got {self.on_bad_image!r}")

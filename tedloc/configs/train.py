@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tedloc.config import StageConfig, option
+from tedloc.config import StageConfig, check_fields, option
 from tedloc.errors import ConfigError
 
 DECODERS = ("conv", "transformer", "linear")
@@ -94,6 +94,7 @@ class Config(StageConfig):
         self.validate()
 
     def validate(self) -> None:
+        check_fields(self, "train")
         choices = {"decoder": DECODERS, "patch_head": PATCH_HEADS, "features": FEATURE_SOURCES,
                    "best_criterion": BEST_CRITERIA, "threshold_criterion": THRESHOLD_CRITERIA}
         for name, allowed in choices.items():
