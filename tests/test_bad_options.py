@@ -17,7 +17,7 @@ TINY = ["--encoder", "tiny-cnn", "--input-size", "32", "--batch-size", "4", "--s
 BAD_NUMBERS = [
     ("train", "--lr", "nan", ["--lr", "finite"]),
     ("train", "--lr", "inf", ["--lr", "finite"]),
-    ("train", "--lr", "-0.001", ["lr must be positive"]),
+    ("train", "--lr", "-0.001", ["lr must be positive, got -0.001"]),
     ("train", "--weight-decay", "-inf", ["--weight-decay", "finite"]),
     ("train", "--tau", "0", ["tau must be positive"]),
     ("train", "--hflip", "nan", ["--hflip", "finite"]),
@@ -30,7 +30,7 @@ BAD_NUMBERS = [
     ("pseudo-labels", "--batch-size", "0", ["batch_size must be at least 1"]),
     ("evaluate", "--cam-curve-interval", "nan", ["--cam-curve-interval", "finite"]),
     ("evaluate", "--baseline-threshold", "inf", ["--baseline-threshold", "finite"]),
-    ("evaluate", "--batch-size", "-1", ["batch_size must be at least 1"]),
+    ("evaluate", "--batch-size", "-1", ["batch_size must be at least 1, got -1"]),
     ("text-embed", "--batch-size", "0", ["batch_size must be at least 1"]),
     ("train", "--device", "gpu", ["device must be cpu, cuda, cuda:N, mps or auto", "'gpu'"]),
 ]
@@ -128,3 +128,18 @@ def test_demo_table_bad_value(tmp_path):
     result = invoke("--config", config, "--workdir", tmp_path / "w", "demo", "--quick")
     assert_one_line_error(result, f"{config} [demo]", "quick_epochs must be at least 1")
     assert not (tmp_path / "w").exists()
+
+
+def test_changed_option_on_a_finished_stage_is_refused_and_nothing_deleted(tmp_path):
+    root = make_wsol_tree(tmp_path, splits={"train": 8}, num_classes=2)
+    workdir = tmp_path / "w"
+    args = ["--workdir", workdir, "stage", "pseudo-labels", "--dataset", root, *TINY]
+    assert invoke(*args).exit_code == 0
+    stage = workdir / "pseudo_labels"
+    before = {p: p.stat().st_mtime_ns for p in stage.rglob("*") if p.is_file() and p.name != ".lock"}
+    result = invoke(*args, "--box-threshold", "0.5")
+    assert_one_line_error(result, str(stage / "manifest.json"), "--overwrite", "another --workdir")
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    result = invoke(*args, "--box-threshold", "0.5", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert json.loads((stage / "manifest.json").read_text())["box_threshold"] == 0.5

@@ -227,3 +227,16 @@ def test_predict_folder_without_images(model, tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("no pictures here\n")
     result = invoke("--workdir", workdir, "predict", tmp_path / "empty", "--device", "cpu")
     assert_one_line_error(result, str(tmp_path / "empty"), "no image files")
+
+
+def test_predict_missing_image_file(model, tmp_path, nothing_computed):
+    workdir, photos = model
+    result = invoke("--workdir", workdir, "predict", photos / "p0.jpg", photos / "p9.jpg", "--device", "cpu")
+    assert_one_line_error(result, str(photos / "p9.jpg"), "image file not found")
+
+
+def test_predict_without_a_trained_model(tmp_path, nothing_computed):
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
+    result = invoke("--workdir", tmp_path / "w", "predict", photo, "--device", "cpu")
+    assert_one_line_error(result, str(tmp_path / "w" / "train" / "model.pt"), "checkpoint not found", "--checkpoint")

@@ -99,7 +99,7 @@ class Config(StageConfig):
             raise ConfigError(f"evaluate: baseline_threshold must be in [0, 1), got {self.baseline_threshold}")
         for name in ("eval_size", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"evaluate: {name} must be at least 1")
+                raise ConfigError(f"evaluate: {name} must be at least 1, got {getattr(self, name)}")
         for name in ("limit", "num_workers", "num_overlays"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"evaluate: {name} must not be negative")

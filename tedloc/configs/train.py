@@ -120,7 +120,10 @@ class Config(StageConfig):
                 raise ConfigError(f"train: {name} must not be negative, got {getattr(self, name)}")
         if self.lambda_kd == self.lambda_p == self.lambda_i == 0:
             raise ConfigError("train: every loss weight is 0; nothing would be learned")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ConfigError("train: lr must be positive, weight_decay and warmup_epochs not negative")
+        if self.lr <= 0:
+            raise ConfigError(f"train: lr must be positive, got {self.lr}")
+        for name in ("weight_decay", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train: {name} must not be negative, got {getattr(self, name)}")
         if not 0 < self.threshold_step < 1:
             raise ConfigError(f"train: threshold_step must be in (0, 1), got {self.threshold_step}")
