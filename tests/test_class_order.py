@@ -114,9 +114,12 @@ def test_different_classes_name_every_missing_and_extra_one(model, tmp_path):
     assert not (workdir / "evaluate" / "manifest.json").exists()
 
 
-def test_match_classes_by_name():
+def test_match_classes_by_name(caplog):
     assert match_classes(["a", "b"], ["a", "b"], found_where="d", wanted_where="m", hint="h") is None
-    assert match_classes(["b", "c", "a"], ["a", "b", "c"], found_where="d", wanted_where="m", hint="h") == [1, 2, 0]
+    with caplog.at_level("INFO", logger="tedloc.data.classes"):
+        assert match_classes(["b", "c", "a"], ["a", "b", "c"], found_where="d", wanted_where="m",
+                             hint="h") == [1, 2, 0]
+    assert "d lists the classes of m in another order" in caplog.text and "'b' 0->1" in caplog.text
     with pytest.raises(ConfigError, match=r"^d: the classes differ from m's \(1 of its 2 classes missing: b\); h$"):
         match_classes(["a"], ["a", "b"], found_where="d", wanted_where="m", hint="h")
     with pytest.raises(ConfigError, match="class names repeat"):

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from tedloc.artifacts.pseudo_labels import PseudoLabels, open_pseudo_labels
 from tedloc.artifacts.text_embed import TextEmbedArtifact
-from tedloc.data.classes import class_difference, describe_map, match_classes, remap_labels
+from tedloc.data.classes import class_difference, match_classes, remap_labels
 from tedloc.errors import ArtifactError
 from tedloc.paths import recorded_dataset
 
@@ -153,9 +153,6 @@ def labels_in_anchor_order(index: PseudoLabelIndex, text: TextEmbedArtifact) -> 
         return index.labels
     label_map = match_classes(index.class_names, text.class_names, found_where=str(manifest),
                               wanted_where=str(text.path), hint=hint)
-    if label_map is not None:
-        log.info("the pseudo-labels list the anchors' classes in another order; labels mapped by name "
-                 "(pseudo-label class -> anchor): %s", describe_map(index.class_names, label_map))
     return remap_labels(index.labels, label_map)
 
 

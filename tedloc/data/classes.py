@@ -38,7 +38,7 @@ def match_classes(found: Sequence[str], wanted: Sequence[str], *, found_where: s
 
     Returns:
         None when both lists are equal (labels already agree); else ``label_map`` with
-        ``label_map[k]`` = the index in ``wanted`` of ``found[k]``.
+        ``label_map[k]`` = the index in ``wanted`` of ``found[k]`` (logged).
 
     Raises:
         ConfigError: names only one side has (each listed in full), or duplicate names
@@ -55,7 +55,10 @@ def match_classes(found: Sequence[str], wanted: Sequence[str], *, found_where: s
         raise ConfigError(f"{found_where}: class names repeat ({', '.join(repeated)}) and are in another order "
                           f"than {wanted_where}'s, so labels cannot be matched by name; {hint}")
     index = {name: k for k, name in enumerate(wanted)}
-    return [index[name] for name in found]
+    label_map = [index[name] for name in found]
+    log.info("%s lists the classes of %s in another order; labels mapped by name: %s", found_where,
+             wanted_where, describe_map(found, label_map))
+    return label_map
 
 
 def class_difference(found: Sequence[str], wanted: Sequence[str]) -> str:

@@ -32,7 +32,7 @@ from tedloc.artifacts import evaluate as files
 from tedloc.artifacts.store import ArtifactHeader, ShardedReader, ShardedWriter, read_manifest
 from tedloc.config import hash_json
 from tedloc.configs.evaluate import Config
-from tedloc.data.classes import describe_map, match_classes, remap_records
+from tedloc.data.classes import match_classes, remap_records
 from tedloc.data.records import Dataset, Record
 from tedloc.errors import ArtifactError, ConfigError, InputError
 from tedloc.paths import absolute_dataset_spec, recorded_dataset
@@ -556,14 +556,11 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
 
     spec = resolve_dataset(config, workdir)
     dataset = open_dataset(spec, config.split)
-    label_map = None
-    if class_names:  # the model's classes, matched by name (an ImageFolder sorts its own)
-        label_map = match_classes(dataset.class_names, class_names, found_where=f"dataset {spec} ({config.split})",
-                                  wanted_where=f"the model {checkpoint_path}",
-                                  hint="evaluate on a dataset of the classes the model was trained on")
-        if label_map is not None:
-            log.info("evaluate: the dataset lists the model's classes in another order; labels mapped by "
-                     "name (dataset label -> model class): %s", describe_map(dataset.class_names, label_map))
+    # The model's classes matched by name (an ImageFolder sorts its own): dataset label -> model class.
+    label_map = match_classes(dataset.class_names, class_names, found_where=f"dataset {spec} ({config.split})",
+                              wanted_where=f"the model {checkpoint_path}",
+                              hint="evaluate on a dataset of the classes the model was trained on"
+                              ) if class_names else None
     records = remap_records(dataset.head(config.limit), label_map)
     if not records:
         raise InputError(spec, f"split {config.split!r} has no images")
@@ -599,7 +596,8 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                                                           "top1_cls", "pxap") if k in m["overall"]}
                    for key, m in results["methods"].items()}
         path = writer.finish(ids, extra={
-            "dataset": header.config["dataset"], "split": config.split, "label_map": label_map, "train_identity": train_identity,
+            "dataset": header.config["dataset"], "split": config.split, "label_map": label_map,
+            "train_identity": train_identity,
             "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
             "num_overlays": config.num_overlays, "export_scoremaps": config.export_scoremaps,
             "summary": summary,
