@@ -74,12 +74,13 @@ def main_callback(
                             workdir_given=workdir is not None or run != "default")
 
 
+_FULL = "free some space, then rerun: finished work is kept and the run resumes from it"
+_NOT_WRITABLE = "is the workdir writable? (choose another with --workdir)"
+_IN_THE_WAY = "a file stands where a folder is needed, or a folder where a file is: move it, or choose another path"
 #: OS errors about the disk or the workdir, reported in one line (others keep their traceback).
-_DISK_ERRORS = {errno.ENOSPC: "free some space, then rerun: finished shards are kept and the run resumes",
-                errno.EDQUOT: "free some space, then rerun: finished shards are kept and the run resumes",
-                errno.EROFS: "is the workdir writable? (choose another with --workdir)",
-                errno.EACCES: "is the workdir writable? (choose another with --workdir)",
-                errno.EPERM: "is the workdir writable? (choose another with --workdir)"}
+_DISK_ERRORS = {errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
+                errno.EROFS: _NOT_WRITABLE, errno.EACCES: _NOT_WRITABLE, errno.EPERM: _NOT_WRITABLE,
+                errno.ENOTDIR: _IN_THE_WAY, errno.EISDIR: _IN_THE_WAY, errno.EEXIST: _IN_THE_WAY}
 
 
 def _os_error_line(exc: OSError) -> str:
@@ -124,15 +125,25 @@ def _option_type(tp: Any) -> tuple[Any, bool]:
 
 
 def resolve_config(config_cls: type, ctx: typer.Context, section: str, given: dict[str, Any]):
-    """Defaults ← ``--config`` file section ← options given on the command line."""
+    """Defaults ← ``--config`` file section ← options given on the command line.
+
+    The file's table is checked on its own first, so that a bad value is blamed on the
+    file when it comes from there and on the command line otherwise.
+    """
     values: dict[str, Any] = {}
     options: GlobalOptions = ctx.find_root().obj
-    source = "command line"
     if options.config_file is not None:
         values.update(load_config_file(options.config_file).get(section, {}))
-        source = f"{options.config_file} [{section}]"
+        config_cls.from_dict(values, source=f"{options.config_file} [{section}]")
     values.update({k: v for k, v in given.items() if v is not None})
-    return config_cls.from_dict(values, source=source)
+    return config_cls.from_dict(values, source="command line")
+
+
+def checked_workdir(ctx: typer.Context) -> Path:
+    """The run's workdir, refused at once when it is a file or cannot be created."""
+    from tedloc.paths import check_workdir
+
+    return check_workdir(ctx.find_root().obj.workdir)
 
 
 def make_stage_command(stage_name: str, config_module: str, stage_module: str):
@@ -143,8 +154,9 @@ def make_stage_command(stage_name: str, config_module: str, stage_module: str):
 
     def command(ctx: typer.Context, overwrite: bool = False, **given: Any) -> None:
         config = resolve_config(config_cls, ctx, section, given)
+        workdir = checked_workdir(ctx)
         runner = importlib.import_module(stage_module).run
-        path = runner(config, workdir=ctx.find_root().obj.workdir, overwrite=overwrite)
+        path = runner(config, workdir=workdir, overwrite=overwrite)
         typer.echo(f"{stage_name}: done -> {path}")
 
     params = [
@@ -214,7 +226,7 @@ def predict_command(
 
     from tedloc.stages.predict import run_predict
 
-    path = checkpoint or ctx.find_root().obj.workdir / "train" / "model.pt"
+    path = checkpoint or checked_workdir(ctx) / "train" / "model.pt"
     result = run_predict(images, checkpoint=path, out_json=out_json, overlays=overlays, threshold=threshold,
                          on_bad_image=on_bad_image, device=device)
     if out_json is None:
@@ -228,20 +240,26 @@ def predict_command(
 def demo_command(
     ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="Smoke run: a class-balanced slice and fewer epochs."),
-    dataset: str = typer.Option("demo", "--dataset", help="Dataset spec [default: the bundled demo data]."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Dataset spec [default: the [demo] table's, else the bundled demo data]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute stages whose results differ."),
 ) -> None:
     """Run every stage on the bundled demo data and print TeD-Loc next to the CAM baseline."""
     import time
 
     from tedloc.configs.demo import Config
+    from tedloc.paths import check_workdir
     from tedloc.stages.demo import run, summary_table
 
     options: GlobalOptions = ctx.find_root().obj
-    workdir = options.workdir if options.workdir_given else Path("artifacts") / ("demo-quick" if quick else "demo")
     sections = load_config_file(options.config_file) if options.config_file else {}
-    config = Config.from_dict({**sections.get("demo", {}), "quick": quick, "dataset": dataset},
-                              source="demo options")
+    # Options given override the [demo] table; options left out must not mask it.
+    given = {**({"quick": True} if quick else {}), **({"dataset": dataset} if dataset is not None else {})}
+    if "demo" in sections:
+        Config.from_dict(sections["demo"], source=f"{options.config_file} [demo]")
+    config = Config.from_dict({**sections.get("demo", {}), **given}, source="command line")
+    default = Path("artifacts") / ("demo-quick" if config.quick else "demo")
+    workdir = check_workdir(options.workdir if options.workdir_given else default)
     start = time.perf_counter()
     results = run(config, workdir=workdir, overwrite=overwrite, sections=sections)
     seconds = time.perf_counter() - start

@@ -18,9 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from tedloc.cli import app
+from tests.helpers_cli import assert_one_line_error, invoke
 from tests.helpers_data import make_wsol_tree
 
 NUM_IMAGES = 12
@@ -28,24 +27,6 @@ BAD = "images/train/0009.png"  # third batch of 4: two batches (one shard) come 
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, ["--log-level", "WARNING", *map(str, args)])
-
-
-def assert_one_line_error(result, *needles: str) -> str:
-    """Exit code != 0, exactly one ``error:`` line containing every needle, no traceback."""
-    output = result.output
-    assert result.exit_code != 0, output
-    # An exception the CLI did not turn into a message would show up here instead of SystemExit.
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, output
-    for needle in needles:
-        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
-    return errors[0]
-
 
 def pseudo_labels_args(root: Path, workdir: Path, *extra: str) -> list[str]:
     return ["--workdir", str(workdir), "stage", "pseudo-labels", "--dataset", str(root),

@@ -222,6 +222,17 @@ def _clean_os_error(exc: OSError, path: Path) -> OSError:
     return OSError(code, os.strerror(code), str(path))
 
 
+def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to ``path`` atomically with plain Python I/O (as :func:`atomic_h5`
+    does for files built in memory): a full disk then raises a clean ``OSError`` (ENOSPC)
+    naming ``path``, where a C++ writer would fail with a message that never says so."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as out:
+            out.write(data)
+    return path
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     path = Path(path)

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tedloc.artifacts.atomic import atomic_path
+from tedloc.artifacts.atomic import write_bytes_atomic
 from tedloc.errors import ArtifactError
 
 CHECKPOINT_FORMAT = "tedloc.checkpoint"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, lists, dicts) atomically to ``path``."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-    return path
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) atomically to ``path``.
+
+    Serialized in memory first (a head's checkpoint is a few MB): ``torch.save`` to a file
+    name writes from C++, and on a full disk fails with "unexpected pos ..." instead of
+    saying that the disk is full.
+    """
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    return write_bytes_atomic(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -166,12 +166,15 @@ def _describe_stage(stage: Path) -> str:
 
     shards = _shard_files(stage)
     if shards:
-        done, skipped, first = 0, {}, None
+        done, skipped, first, missing = 0, {}, None, set()
         for shard in shards:
             try:
                 with h5py.File(shard, "r") as handle:
                     done += len(handle["image_ids"]) if "image_ids" in handle else 0
                     skipped.update(json.loads(handle.attrs.get("skipped_json", "{}")))
+                    links = [handle.get(name, getlink=True) for name in handle]
+                    missing.update(link.filename for link in links if isinstance(link, h5py.ExternalLink)
+                                   and not (shard.parent / link.filename).is_file())
             except (OSError, KeyError) as exc:
                 lines.append(f"  shard {shard.name}: unreadable ({exc})")
                 continue
@@ -183,6 +186,9 @@ def _describe_stage(stage: Path) -> str:
         if linked:
             size = sum(p.stat().st_size for p in linked) / 1e6
             lines.append(f"  files the shards link to (external links, same folder): {len(linked)}, {size:.1f} MB")
+        if missing:
+            lines.append(f"  MISSING files the shards link to: {', '.join(sorted(missing))} "
+                         "(restore them, or rerun the stage with --overwrite)")
         for image_id, reason in list(sorted(skipped.items()))[:MAX_LISTED]:
             lines.append(f"    skipped {image_id}: {reason}")
         if len(skipped) > MAX_LISTED:

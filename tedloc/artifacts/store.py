@@ -113,7 +113,9 @@ def read_manifest(directory: str | Path, expected_format: str,
     """Load and validate ``<directory>/manifest.json`` of a finished stage."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"{path}: not found; the stage has not finished (run it first)")
+        stage = expected_format.rpartition(".")[2].replace("_", "-")
+        raise ArtifactError(f"{path}: not found; the {stage} stage has not finished here "
+                            f"(run `tedloc stage {stage}` first, with this --workdir)")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -394,6 +396,18 @@ class ShardedWriter:
         return self.manifest_path
 
 
+def _check_links(handle: h5py.File, path: Path, expected_format: str) -> None:
+    """Refuse a shard whose external link points to a missing file (a ``*.grids.h5``
+    deleted or left behind when copying): HDF5 would only fail at the first read, with a
+    bare KeyError."""
+    for key in handle:
+        link = handle.get(key, getlink=True)
+        if isinstance(link, h5py.ExternalLink) and not (path.parent / link.filename).is_file():
+            stage = expected_format.rpartition(".")[2].replace("_", "-")
+            raise ArtifactError(f"{path.parent / link.filename}: missing ({path.name} keeps its '{key}' there); "
+                                f"restore it, or recompute with `tedloc stage {stage} --overwrite`")
+
+
 class ShardedReader:
     """Read access to a finished (or, with ``allow_partial``, unfinished) sharded artifact.
 
@@ -426,9 +440,14 @@ class ShardedReader:
                 handle = h5py.File(path, "r")
             except OSError as exc:
                 raise ArtifactError(f"{path}: cannot open shard ({exc})") from None
-            check_format(path, handle.attrs.get("format"), handle.attrs.get("format_version"),
-                         expected_format, supported_versions)
             self._handles.append(handle)
+            try:
+                check_format(path, handle.attrs.get("format"), handle.attrs.get("format_version"),
+                             expected_format, supported_versions)
+                _check_links(handle, path, expected_format)
+            except ArtifactError:
+                self.close()
+                raise
             ids = [s.decode() if isinstance(s, bytes) else s for s in handle["image_ids"][()]]
             for row, image_id in enumerate(ids):
                 self._index[image_id] = (file_index, row)

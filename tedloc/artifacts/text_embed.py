@@ -110,9 +110,9 @@ def stage_dir(workdir_or_dir: str | Path) -> Path:
     path = Path(workdir_or_dir)
     if path.is_file() and path.name == FILE_NAME:
         return path.parent
-    if not (path / MANIFEST).exists() and (path / STAGE_DIR).is_dir():
-        return path / STAGE_DIR
-    return path
+    if (path / MANIFEST).exists() or path.name == STAGE_DIR:
+        return path
+    return path / STAGE_DIR
 
 
 def read_text_embed(workdir_or_dir: str | Path) -> TextEmbedArtifact:

@@ -28,7 +28,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from tedloc.artifacts.pseudo_labels import PseudoLabels, open_pseudo_labels
+from tedloc.artifacts.text_embed import TextEmbedArtifact
+from tedloc.data.classes import class_difference, match_classes, remap_labels
 from tedloc.errors import ArtifactError
+from tedloc.paths import recorded_dataset
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class PseudoLabelIndex:
         encoder: the encoder spec; input_size: S; grid: (h, w); feature_dim: c.
         has_features / has_flip_features: whether the shards cache the grids.
         num_classes: C of the artifact (manifest, else its CAM classifier, else max label + 1).
+        class_names: the C names in label order (manifest; empty for artifacts without them).
         dataset / split: where the images came from (for on-the-fly encoding).
         identity: ``config_hash/upstream_hash``.
     """
@@ -66,6 +70,7 @@ class PseudoLabelIndex:
     has_features: bool
     has_flip_features: bool
     num_classes: int
+    class_names: list[str]
     dataset: str
     split: str
     identity: str
@@ -127,10 +132,28 @@ def read_pseudo_label_index(workdir_or_dir: str | Path) -> PseudoLabelIndex:
             has_features=has_features and reader.has("features"),
             has_flip_features=bool(manifest.get("has_flip_features", False)) and reader.has("features_flip"),
             num_classes=_num_classes(reader, labels),
-            dataset=str(manifest.get("dataset") or config.get("dataset") or ""),
+            class_names=[str(n) for n in manifest.get("class_names") or []],
+            dataset=recorded_dataset(str(manifest.get("dataset") or config.get("dataset") or ""),
+                                     where / "manifest.json"),
             split=str(manifest.get("split") or config.get("split") or "train"),
             identity=reader.identity,
         )
+
+
+def labels_in_anchor_order(index: PseudoLabelIndex, text: TextEmbedArtifact) -> np.ndarray:
+    """The pseudo-labels' int (N,) labels as indices of the anchors' classes (matched by name:
+    text-embed may have read the classes in another order); refuses classes that differ."""
+    hint = "rerun text-embed on the dataset the pseudo-labels were made from"
+    manifest = index.directory / "manifest.json"
+    if text.num_classes != index.num_classes:
+        names = class_difference(index.class_names, text.class_names) if index.class_names else ""
+        raise ArtifactError(f"{text.path} has {text.num_classes} classes but {manifest} has {index.num_classes}"
+                            f"{f' ({names})' if names else ''}; {hint}")
+    if not index.class_names:  # made without names: labels are taken in the anchors' order
+        return index.labels
+    label_map = match_classes(index.class_names, text.class_names, found_where=str(manifest),
+                              wanted_where=str(text.path), hint=hint)
+    return remap_labels(index.labels, label_map)
 
 
 class MemoryFeatures:

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import dataclasses
 
-from tedloc.config import StageConfig, option
+from tedloc.config import StageConfig, check_fields, option
+from tedloc.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(StageConfig):
     SECTION = "demo"
+    PATH_FIELDS = {"dataset": "dataset"}
 
     dataset: str = option("demo", "Dataset spec the demo runs on (the bundled demo data by default).")
     quick: bool = option(False, "Smoke run (CI): a class-balanced slice of the images and fewer epochs.")
     quick_train_images: int = option(96, "Training images used by --quick.")
     quick_test_images: int = option(48, "Test images used by --quick.")
     quick_epochs: int = option(3, "Training epochs used by --quick.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        check_fields(self, "demo")
+        for name in ("quick_train_images", "quick_test_images", "quick_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"demo: {name} must be at least 1, got {getattr(self, name)}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tedloc.config import StageConfig, option
+from tedloc.config import StageConfig, check_fields, option
 from tedloc.errors import ConfigError
 
 ON_BAD_IMAGE = ("fail", "skip")
@@ -29,6 +29,7 @@ class Config(StageConfig):
     NOT_HASHED = frozenset({"dataset", "batch_size", "num_workers", "device", "shard_size", "cpu_keep_freed_memory",
                             "num_overlays", "export_scoremaps"})
     SECTION = "evaluate"
+    PATH_FIELDS = {"dataset": "dataset"}
 
     # --- what is evaluated -------------------------------------------------------------
     # '' = the dataset recorded in the pseudo-labels manifest (the one trained on).
@@ -83,6 +84,7 @@ class Config(StageConfig):
         self.validate()
 
     def validate(self) -> None:
+        check_fields(self, "evaluate")
         if self.on_bad_image not in ON_BAD_IMAGE:
             raise ConfigError(f"evaluate: on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
                               f"got {self.on_bad_image!r}")
@@ -97,7 +99,7 @@ class Config(StageConfig):
             raise ConfigError(f"evaluate: baseline_threshold must be in [0, 1), got {self.baseline_threshold}")
         for name in ("eval_size", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"evaluate: {name} must be at least 1")
+                raise ConfigError(f"evaluate: {name} must be at least 1, got {getattr(self, name)}")
         for name in ("limit", "num_workers", "num_overlays"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"evaluate: {name} must not be negative")

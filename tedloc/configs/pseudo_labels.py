@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tedloc.config import StageConfig, option
+from tedloc.config import StageConfig, check_fields, option
 from tedloc.errors import ConfigError
 
 CLIP_ES_BACKGROUNDS = ("ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water",
@@ -28,6 +28,7 @@ class Config(StageConfig):
                             "diagnostic_workers", "cpu_keep_freed_memory",
                             "feature_compression", "forward_batch_size"})
     SECTION = "pseudo_labels"
+    PATH_FIELDS = {"dataset": "dataset", "encoder": "encoder"}
 
     dataset: str = option("demo", "Dataset spec ('demo' or a wsolevaluation folder).")
     split: str = option("train", "Split whose images get pseudo-labels (the training split).")
@@ -97,6 +98,7 @@ class Config(StageConfig):
         def bad(message: str) -> None:
             raise ConfigError(f"pseudo_labels: {message}")
 
+        check_fields(self, "pseudo_labels")
         if self.method not in ("auto", "cam", "clip-es"):
             bad(f"method must be auto, cam or clip-es, got {self.method!r}")
         if self.cache_features not in ("auto", "on", "off"):
@@ -109,6 +111,11 @@ class Config(StageConfig):
             bad(f"box_threshold must be in [0, 1), got {self.box_threshold}")
         if not 0 <= self.classifier_holdout < 1:
             bad(f"classifier_holdout must be in [0, 1), got {self.classifier_holdout}")
+        if not 0 <= self.clip_es_refine_threshold <= 1:
+            bad(f"clip_es_refine_threshold must be in [0, 1], got {self.clip_es_refine_threshold}")
+        for name in ("classifier_weight_decay", "cache_budget_gb"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must not be negative, got {getattr(self, name)}")
         if "{}" not in self.clip_es_prompt:
             bad(f"clip_es_prompt {self.clip_es_prompt!r} has no '{{}}'")
         for name in ("batch_size", "shard_size", "classifier_max_iter", "clip_es_attention_layers"):

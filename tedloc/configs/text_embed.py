@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tedloc.config import StageConfig, option
+from tedloc.config import StageConfig, check_fields, option
 from tedloc.errors import ConfigError
 
 DEFAULT_TEMPLATE = "Image of a {}."
@@ -24,6 +24,8 @@ class Config(StageConfig):
     NOT_HASHED = frozenset({"dataset", "split", "class_name_map", "templates_file",
                             "batch_size", "device"})
     SECTION = "text_embed"
+    PATH_FIELDS = {"dataset": "dataset", "class_name_map": "file", "templates_file": "file",
+                   "text_encoder": "encoder"}
 
     # Dataset whose class names (label order) become the anchors; 'demo' or a folder.
     dataset: str = option("demo", "Dataset spec whose class names are embedded ('demo' or a folder).")
@@ -49,6 +51,7 @@ class Config(StageConfig):
         self.validate()
 
     def validate(self) -> None:
+        check_fields(self, "text_embed")
         if not self.templates_file:
             if not self.templates:
                 raise ConfigError("text_embed: at least one template is needed")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tedloc.config import StageConfig, option
+from tedloc.config import StageConfig, check_fields, option
 from tedloc.errors import ConfigError
 
 DECODERS = ("conv", "transformer", "linear")
@@ -94,6 +94,7 @@ class Config(StageConfig):
         self.validate()
 
     def validate(self) -> None:
+        check_fields(self, "train")
         choices = {"decoder": DECODERS, "patch_head": PATCH_HEADS, "features": FEATURE_SOURCES,
                    "best_criterion": BEST_CRITERIA, "threshold_criterion": THRESHOLD_CRITERIA}
         for name, allowed in choices.items():
@@ -119,7 +120,10 @@ class Config(StageConfig):
                 raise ConfigError(f"train: {name} must not be negative, got {getattr(self, name)}")
         if self.lambda_kd == self.lambda_p == self.lambda_i == 0:
             raise ConfigError("train: every loss weight is 0; nothing would be learned")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ConfigError("train: lr must be positive, weight_decay and warmup_epochs not negative")
+        if self.lr <= 0:
+            raise ConfigError(f"train: lr must be positive, got {self.lr}")
+        for name in ("weight_decay", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train: {name} must not be negative, got {getattr(self, name)}")
         if not 0 < self.threshold_step < 1:
             raise ConfigError(f"train: threshold_step must be in (0, 1), got {self.threshold_step}")

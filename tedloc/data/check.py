@@ -83,8 +83,9 @@ def check_dataset(spec: str, splits: str | Sequence[str] = ("train", "test"), *,
         try:
             dataset = open_dataset(spec, split, problems=problems)
         except InputError as exc:  # the dataset itself cannot be opened: nothing more to check
-            report.problems.extend(problems.items)
-            report.problems.append(Problem(str(exc.path), exc.line, exc.problem))
+            found = [*problems.items, Problem(str(exc.path), exc.line, exc.problem)]
+            # The same for every split (a missing folder): said once.
+            report.problems.extend(p for p in found if p not in report.problems)
             continue
         _check_records(dataset, problems, decode=decode)
         report.problems.extend(problems.items)

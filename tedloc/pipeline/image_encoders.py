@@ -241,7 +241,12 @@ def image_encoder_fingerprint(spec: str) -> str | None:
     if spec.startswith(("clip:", "open_clip:")):
         inner = text_encoder_fingerprint(spec)
         return None if inner is None else hash_json({"encoder": "vision", "weights": inner})
-    raise ConfigError(f"unknown image encoder {spec!r}")
+    raise _unknown_encoder(spec)
+
+
+def _unknown_encoder(spec: str) -> ConfigError:
+    return ConfigError(f"unknown image encoder {spec!r}; use {', '.join(_EFFICIENTNET)}, "
+                       "'clip:<hub id or folder>', 'open_clip:<model>/<pretrained>' or 'tiny-cnn'")
 
 
 # ----------------------------------------------------------------------------- CLIP (transformers)
@@ -401,8 +406,7 @@ def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, input_size: int | 
     elif spec.startswith("open_clip:") and len(spec) > 10:
         encoder = OpenCLIPImageEncoder(spec[10:], input_size)
     else:
-        raise ConfigError(f"unknown image encoder {spec!r}; use {', '.join(_EFFICIENTNET)}, "
-                          "'clip:<hub id or folder>', 'open_clip:<model>/<pretrained>' or 'tiny-cnn'")
+        raise _unknown_encoder(spec)
     device = resolve_device(device)
     return encoder.to(device)
 

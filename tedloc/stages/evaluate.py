@@ -32,8 +32,10 @@ from tedloc.artifacts import evaluate as files
 from tedloc.artifacts.store import ArtifactHeader, ShardedReader, ShardedWriter, read_manifest
 from tedloc.config import hash_json
 from tedloc.configs.evaluate import Config
+from tedloc.data.classes import match_classes, remap_records
 from tedloc.data.records import Dataset, Record
 from tedloc.errors import ArtifactError, ConfigError, InputError
+from tedloc.paths import absolute_dataset_spec, recorded_dataset
 from tedloc.pipeline import metrics, render
 from tedloc.pipeline.boxes import boxes_in_original
 
@@ -49,10 +51,11 @@ METHOD_LABELS = {
 
 # ----------------------------------------------------------------------------- inputs
 
-def dataset_content_hash(dataset: Dataset, records: Sequence[Record]) -> str:
-    """Hash of what the metrics read from the split: ids, labels, boxes, mask file names."""
+def dataset_content_hash(class_names: Sequence[str], records: Sequence[Record]) -> str:
+    """Hash of what the metrics read from the split: ids, labels (indices into
+    ``class_names``), boxes, mask file names."""
     return hash_json({
-        "classes": dataset.class_names,
+        "classes": list(class_names),
         "items": [[r.image_id, r.label, np.asarray(r.boxes, np.float64).round(3).tolist(),
                    sorted(p.name for p in (r.mask_paths or ((r.mask_path,) if r.mask_path else ()))),
                    r.ignore_path.name if r.ignore_path else None] for r in records],
@@ -77,10 +80,10 @@ def resolve_dataset(config: Config, workdir: Path) -> str:
         return config.dataset
     manifest = _pseudo_manifest(workdir)
     spec = (manifest or {}).get("dataset") or ((manifest or {}).get("config") or {}).get("dataset")
+    where = workdir / "pseudo_labels" / "manifest.json"
     if not spec:
-        raise ConfigError("evaluate: no --dataset given and none recorded in "
-                          f"{workdir / 'pseudo_labels' / 'manifest.json'}")
-    return str(spec)
+        raise ConfigError(f"evaluate: no --dataset given and none recorded in {where}")
+    return recorded_dataset(str(spec), where)
 
 
 def stored_threshold_of(checkpoint: dict[str, Any], path: Path) -> float:
@@ -127,10 +130,11 @@ class _Baseline:
         return maps.cpu().numpy(), logits.float().cpu().numpy()
 
 
-def _load_baseline(workdir: Path, pseudo_manifest: dict[str, Any] | None, encoder, num_classes: int,
+def _load_baseline(workdir: Path, pseudo_manifest: dict[str, Any] | None, encoder, class_names: list[str],
                    device) -> tuple[_Baseline, Any] | None:
     """The CAM baseline and the encoder whose grid it reads (the localizer's own encoder when
-    the pseudo-labels used the same one, the usual case), or None without a classifier file."""
+    the pseudo-labels used the same one, the usual case), or None without a classifier file.
+    Its rows are put in the order of ``class_names`` (the model's) by name."""
     from tedloc.artifacts.pseudo_labels import CLASSIFIER_FILE, read_classifier, stage_dir
 
     path = stage_dir(workdir) / CLASSIFIER_FILE
@@ -148,6 +152,12 @@ def _load_baseline(workdir: Path, pseudo_manifest: dict[str, Any] | None, encode
                  spec, input_size, encoder.spec, encoder.input_size)
         cam_encoder = build_image_encoder(spec, input_size=input_size, device=device)
     weight, bias = classifier.weight, classifier.bias
+    num_classes = len(class_names)
+    if (pseudo_manifest or {}).get("class_names") and weight.shape[0] == num_classes:
+        order = match_classes(class_names, pseudo_manifest["class_names"], found_where="the model",
+                              wanted_where=str(path), hint="rerun train on these pseudo-labels")
+        if order is not None:  # train mapped the pseudo-labels' classes to the anchors' order
+            weight, bias = weight[order], bias[order]
     if weight.shape != (num_classes, cam_encoder.feature_dim) or bias.shape != (num_classes,):
         raise ArtifactError(f"{path}: weight {weight.shape} / bias {bias.shape} do not match "
                             f"{num_classes} classes × {cam_encoder.feature_dim} features of {spec}")
@@ -171,7 +181,7 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
     localizer = Localizer.from_checkpoint(checkpoint_path, device)
     encoder = localizer.encoder
     num_classes = len(localizer.class_names)
-    loaded = (_load_baseline(workdir, _pseudo_manifest(workdir), encoder, num_classes, device)
+    loaded = (_load_baseline(workdir, _pseudo_manifest(workdir), encoder, list(localizer.class_names), device)
               if config.baseline else None)
     baseline, cam_encoder = loaded if loaded is not None else (None, None)
     size = config.eval_size
@@ -270,6 +280,9 @@ class ReportInputs:
     stored_threshold: float
     baseline_threshold: float
     checkpoint: str
+    #: dataset label k -> model class label_map[k] when the dataset lists the model's
+    #: classes in another order (``records`` are mapped already); None when they agree.
+    label_map: list[int] | None = None
 
 
 def _eval_mask(mask: np.ndarray | None, size: int) -> np.ndarray | None:
@@ -443,6 +456,8 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
         "num_images": len(records),
         "skipped": skipped,
         "class_names": names,
+        **({"dataset_class_names": list(inputs.dataset.class_names), "label_map": inputs.label_map}
+           if inputs.label_map is not None else {}),
         "conventions": {
             "eval_size": size, "cam_curve_interval": config.cam_curve_interval,
             "num_thresholds": len(thresholds), "iou_thresholds": list(config.iou_thresholds),
@@ -541,25 +556,27 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
 
     spec = resolve_dataset(config, workdir)
     dataset = open_dataset(spec, config.split)
-    if class_names and list(dataset.class_names) != class_names:
-        raise ConfigError(f"evaluate: the dataset's classes ({len(dataset.class_names)}: "
-                          f"{', '.join(dataset.class_names[:5])}...) differ from the model's "
-                          f"({len(class_names)}: {', '.join(class_names[:5])}...)")
-    records = dataset.head(config.limit)
+    # The model's classes matched by name (an ImageFolder sorts its own): dataset label -> model class.
+    label_map = match_classes(dataset.class_names, class_names, found_where=f"dataset {spec} ({config.split})",
+                              wanted_where=f"the model {checkpoint_path}",
+                              hint="evaluate on a dataset of the classes the model was trained on"
+                              ) if class_names else None
+    records = remap_records(dataset.head(config.limit), label_map)
     if not records:
         raise InputError(spec, f"split {config.split!r} has no images")
+    class_names = class_names or list(dataset.class_names)
 
     header = ArtifactHeader(
         format=files.FORMAT, format_version=files.FORMAT_VERSION,
-        config={**config.to_dict(), "dataset": spec},
+        config={**config.stored_dict(), "dataset": absolute_dataset_spec(spec)},
         config_hash=config.config_hash(),
-        upstream_hash=hash_json({"train": train_identity, "data": dataset_content_hash(dataset, records)}),
+        upstream_hash=hash_json({"train": train_identity, "data": dataset_content_hash(class_names, records)}),
     )
     stage_dir = workdir / "evaluate"
-    inputs = ReportInputs(dataset=dataset, records=records, class_names=class_names or dataset.class_names,
+    inputs = ReportInputs(dataset=dataset, records=records, class_names=class_names,
                           stored_threshold=stored_threshold_of(checkpoint, checkpoint_path),
                           baseline_threshold=baseline_threshold_of(config, pseudo_manifest),
-                          checkpoint=str(checkpoint_path))
+                          checkpoint=str(checkpoint_path), label_map=label_map)
     ids = [r.image_id for r in records]
     writer = ShardedWriter(stage_dir, header, supported_versions=(files.FORMAT_VERSION,))
     with writer:
@@ -571,7 +588,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         pending = writer.pending(ids)
         if pending:
             log.info("evaluate: %d of %d images to run (%d done)", len(pending), len(ids), len(ids) - len(pending))
-            index = dataset.by_id()
+            index = {r.image_id: r for r in records}  # labels in the model's order
             _compute_maps(config, workdir=workdir, dataset=dataset, records=[index[i] for i in pending],
                           writer=writer, checkpoint_path=checkpoint_path)
         results = compute_report(stage_dir, config, inputs)
@@ -579,7 +596,8 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                                                           "top1_cls", "pxap") if k in m["overall"]}
                    for key, m in results["methods"].items()}
         path = writer.finish(ids, extra={
-            "dataset": spec, "split": config.split, "train_identity": train_identity,
+            "dataset": header.config["dataset"], "split": config.split, "label_map": label_map,
+            "train_identity": train_identity,
             "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
             "num_overlays": config.num_overlays, "export_scoremaps": config.export_scoremaps,
             "summary": summary,

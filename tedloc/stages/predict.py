@@ -20,6 +20,7 @@ from tedloc.artifacts.atomic import write_json_atomic
 from tedloc.configs.evaluate import Config as EvaluateConfig
 from tedloc.data.images import load_rgb
 from tedloc.errors import ArtifactError, ConfigError, InputError
+from tedloc.paths import check_output_dir, check_output_file
 from tedloc.pipeline import metrics, render
 from tedloc.pipeline.boxes import boxes_from_map, boxes_in_original, scoremap_to_uint8
 
@@ -82,6 +83,8 @@ def predict_images(inputs: Sequence[str | Path], *, checkpoint: str | Path, thre
         raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
     if batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
+    if overlays is not None:  # before any image is computed
+        check_output_dir(overlays, "--overlays")
     conventions = conventions or EvaluateConfig()
     paths = expand_inputs(inputs)
     checkpoint = Path(checkpoint)
@@ -145,7 +148,16 @@ def predict_images(inputs: Sequence[str | Path], *, checkpoint: str | Path, thre
 
 def run_predict(inputs: Sequence[str | Path], *, checkpoint: str | Path, out_json: str | Path | None = None,
                 **kwargs: Any) -> dict[str, Any]:
-    """:func:`predict_images`, then write the result to ``out_json`` (atomically) if given."""
+    """:func:`predict_images`, then write the result to ``out_json`` (atomically) if given.
+
+    Both output paths are checked before anything is computed: a folder given as
+    ``out_json`` would otherwise be found only after every prediction was made.
+    """
+    if out_json is not None:
+        check_output_file(out_json, "--out-json")
+        overlays = kwargs.get("overlays")
+        if overlays is not None and Path(overlays).absolute() == Path(out_json).absolute():
+            raise ConfigError(f"{out_json}: given as both --out-json and --overlays; give them different paths")
     result = predict_images(inputs, checkpoint=checkpoint, **kwargs)
     if out_json is not None:
         write_json_atomic(Path(out_json), result)

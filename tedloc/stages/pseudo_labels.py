@@ -85,6 +85,7 @@ from tedloc.config import hash_json
 from tedloc.configs.pseudo_labels import Config
 from tedloc.data.records import Dataset, Record
 from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
+from tedloc.paths import absolute_encoder_spec
 from tedloc.pipeline import cam as cam_ops
 from tedloc.pipeline.box_diagnostic import BoxDiagnostic, diagnostic_sample
 from tedloc.pipeline.cpu_memory import keep_freed_memory
@@ -142,7 +143,7 @@ def make_header(config: Config, *, records: Sequence[Record], class_names: Seque
         "encoder_fingerprint": encoder_fingerprint,
         "method": method,
     })
-    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.to_dict(),
+    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.stored_dict(),
                           config_hash=config_hash, upstream_hash="")
 
 
@@ -867,13 +868,13 @@ def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Se
         return writer.directory
     holdout = float(clf_attrs.get("holdout_accuracy", -1.0))
     extra = {
-        "encoder": encoder.spec,
+        "encoder": absolute_encoder_spec(encoder.spec),  # train, evaluate and predict rebuild it
         "encoder_fingerprint": encoder.fingerprint,
         "input_size": encoder.input_size,
         "grid": list(encoder.grid),
         "feature_dim": encoder.feature_dim,
         "method": method,
-        "dataset": config.dataset,
+        "dataset": writer.header.config["dataset"],  # absolute: later stages read it from anywhere
         "split": config.split,
         "class_names": list(dataset.class_names),
         "box_threshold": config.box_threshold,

@@ -25,6 +25,7 @@ from tedloc.artifacts.text_embed import (
 from tedloc.config import hash_json
 from tedloc.configs.text_embed import Config
 from tedloc.errors import ConfigError, InputError
+from tedloc.paths import absolute_encoder_spec
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def make_header(config: Config, *, class_names: list[str], prompt_names: list[st
         "templates": templates,
         "encoder_fingerprint": encoder_fingerprint,
     })
-    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.to_dict(),
+    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.stored_dict(),
                           config_hash=config_hash, upstream_hash="")
 
 
@@ -154,7 +155,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         except ValueError as exc:
             raise ConfigError(f"text-embed ({config.text_encoder}): {exc}") from None
         attrs = {
-            "text_encoder": encoder.id,
+            "text_encoder": absolute_encoder_spec(encoder.id),
             "encoder_fingerprint": fingerprint,
             "orthogonalization": result.branch,
             "mean_abs_cos_before": result.mean_abs_cos_before,
@@ -165,7 +166,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                                 anchors=result.anchors, attrs=attrs)
         manifest = write_manifest(directory, header, files=[FILE_NAME], extra={
             **attrs, "num_classes": len(class_names), "dim": int(raw.shape[1]),
-            "dataset": config.dataset, "split": config.split, "templates": templates,
+            "dataset": header.config["dataset"], "split": config.split, "templates": templates,
         })
     log.info(
         "text-embed: %d classes (%s%s) encoded with %s (d=%d) from %d template(s) %s; "

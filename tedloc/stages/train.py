@@ -52,6 +52,7 @@ from tedloc.artifacts.train_data import (
     MemoryFeatures,
     PseudoLabelIndex,
     image_loader,
+    labels_in_anchor_order,
     read_pseudo_label_index,
     shard_feature_loader,
 )
@@ -313,9 +314,7 @@ def _run(config: Config, workdir: Path, overwrite: bool, on_epoch_end, ddp: _Dis
     stage_dir = workdir / STAGE_DIR
     text = read_text_embed(workdir)
     index = read_pseudo_label_index(workdir)
-    if text.num_classes != index.num_classes:
-        raise ArtifactError(f"{text.path} has {text.num_classes} classes but {index.directory / MANIFEST} has "
-                            f"{index.num_classes}; rerun text-embed on the dataset the pseudo-labels were made from")
+    index.labels = labels_in_anchor_order(index, text)
     if index.labels.min() < 0 or index.labels.max() >= text.num_classes:
         raise ArtifactError(f"{index.directory}: labels outside 0..{text.num_classes - 1}")
     header = ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.to_dict(),
