@@ -301,8 +301,9 @@ def _verify_stage(report: VerifyReport, stage: Path) -> None:
     _verify_files(report, [(p, {}) for p in others], indent="  ")
     damaged = len(report.problems) - before
     state = f"{damaged} damaged or missing" if damaged else "all intact"
-    report.lines.insert(lines_before, f"stage {stage.name} ({stage}): {report.checked - checked_before} "
-                                      f"files checked, {state}")
+    count = report.checked - checked_before
+    report.lines.insert(lines_before, f"stage {stage.name} ({stage}): {count} file{'s' * (count != 1)} "
+                                      f"checked, {state}")
 
 
 # ------------------------------------------------------------------------------ render

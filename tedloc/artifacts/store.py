@@ -695,17 +695,21 @@ class ShardedReader:
         """Check every file the shards link to (the pseudo-labels' grid files): raise
         :class:`DamagedFileError` naming the first one missing or damaged."""
         records = (self.manifest or {}).get("checksums") or {}
-        seen: set[Path] = set()
+        targets: dict[Path, None] = {}
         for handle in self._handles:
             shard = Path(handle.filename)
             for name in handle:
                 link = handle.get(name, getlink=True)
-                if not isinstance(link, h5py.ExternalLink) or shard.parent / link.filename in seen:
-                    continue
-                target = shard.parent / link.filename
-                seen.add(target)
-                rel = target.relative_to(self.directory).as_posix()
-                integrity.check_file(target, records.get(rel), hint=redo_hint(self.format))
+                if isinstance(link, h5py.ExternalLink):
+                    targets[shard.parent / link.filename] = None
+
+        def problem(target: Path) -> str | None:
+            return integrity.file_problem(target, records.get(target.relative_to(self.directory).as_posix()))
+
+        with ThreadPoolExecutor(max_workers=_CHECK_THREADS, thread_name_prefix="tedloc-check") as pool:
+            for target, found in zip(targets, pool.map(problem, targets), strict=True):
+                if found is not None:
+                    raise DamagedFileError(target, found, redo_hint(self.format))
 
     @property
     def attrs(self) -> dict[str, Any]:
