@@ -218,9 +218,11 @@ def test_pseudo_labels_refuse_a_damaged_classifier(reference, tmp_path, damage):
     workdir = copy_of(reference, tmp_path, without=("train", "evaluate"))
     damage(workdir / CLASSIFIER)
     assert_verify_names(workdir, CLASSIFIER)
+    before = sorted((workdir / "pseudo_labels").rglob("*"))
     line = assert_one_line_error(run_stage(reference, workdir, "pseudo-labels"), str(workdir / CLASSIFIER),
                                  "damaged", "tedloc stage pseudo-labels --overwrite")
     assert len(line) < 300
+    assert sorted((workdir / "pseudo_labels").rglob("*")) == before  # refused: nothing deleted
     result = run_stage(reference, workdir, "pseudo-labels", "--overwrite")
     assert result.exit_code == 0, result.output
     assert_same_pseudo_labels(workdir, reference["workdir"])
@@ -293,9 +295,11 @@ def test_train_refuses_a_damaged_checkpoint(reference, tmp_path, name, damage):
     workdir = copy_of(reference, tmp_path, without=("evaluate",))
     damage(workdir / "train" / name)
     assert_verify_names(workdir, f"train/{name}")
+    before = sorted((workdir / "train").iterdir())
     line = assert_one_line_error(run_stage(reference, workdir, "train"), str(workdir / "train" / name),
-                                 "damaged checkpoint", "tedloc stage train --overwrite")
+                                 "damaged", "tedloc stage train --overwrite")
     assert len(line) < 300
+    assert sorted((workdir / "train").iterdir()) == before  # refused: nothing deleted
     result = run_stage(reference, workdir, "train", "--overwrite")
     assert result.exit_code == 0, result.output
     assert_same_model(workdir / "train/model.pt", reference["workdir"] / "train/model.pt")

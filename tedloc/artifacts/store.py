@@ -300,19 +300,21 @@ def prepare_stage_dir(directory: str | Path, header: ArtifactHeader, *,
     manifest_path = directory / MANIFEST
     if not manifest_path.exists():
         return False
+    problem: Exception | None = None
     try:
         manifest = read_manifest(directory, header.format, supported_versions)
-        found = f"{manifest.get('config_hash')}/{manifest.get('upstream_hash')}"
-        if found == header.identity:
-            return _finished_and_intact(directory, manifest, header, overwrite=overwrite, precious=precious,
-                                        owns=owns, checked=checked)
-        problem: Exception = ConfigMismatchError(_mismatch_message(manifest_path, found, header.identity))
     except DamagedFileError as exc:
         log.warning("%s: %s; the stage resumes and writes it again", exc.path, exc.problem)
         manifest_path.unlink(missing_ok=True)
         return False
     except ArtifactError as exc:
         problem = exc
+    if problem is None:
+        found = f"{manifest.get('config_hash')}/{manifest.get('upstream_hash')}"
+        if found == header.identity:
+            return _finished_and_intact(directory, manifest, header, overwrite=overwrite, precious=precious,
+                                        owns=owns, checked=checked)
+        problem = ConfigMismatchError(_mismatch_message(manifest_path, found, header.identity))
     if not overwrite:
         raise problem
     log.warning("--overwrite: deleting the previous results in %s (%s)", directory, problem)
