@@ -194,10 +194,19 @@ def inspect_command(
     path: Path = typer.Argument(..., help="An HDF5 artifact, a stage directory or a whole workdir."),
     image: Optional[str] = typer.Option(None, "--image", help="Render this image id's arrays."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG file for --image."),
+    verify: bool = typer.Option(False, "--verify", help="Check every file against its checksum; "
+                                "list the damaged or missing ones (exit code 1 if any)."),
 ) -> None:
     """Describe artifacts: datasets, shapes, dtypes, attributes, config, progress."""
     from tedloc.artifacts.inspect import describe, render_image
+    from tedloc.artifacts.inspect import verify as verify_files
 
+    if verify:
+        report = verify_files(path)
+        typer.echo(report.render())
+        if report.problems:
+            raise typer.Exit(1)
+        return
     if image is not None:
         if out is None:
             raise typer.BadParameter("--image needs --out FILE.png", param_hint="--out")

@@ -38,6 +38,23 @@ class ArtifactError(TedlocError):
     """An artifact on disk is unreadable, of an unknown format or version, or incomplete."""
 
 
+class DamagedFileError(ArtifactError):
+    """A file of an artifact is missing, cut short, or has bytes that differ from what was
+    written (its checksum does not match).
+
+    Args:
+        path: the file.
+        problem: what is wrong (``"missing"``, ``"damaged (truncated: ...)"``).
+        hint: what to do about it (the command that redoes it).
+    """
+
+    def __init__(self, path: str | Path, problem: str, hint: str | None = None):
+        self.path = Path(path)
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
+
+
 class ConfigMismatchError(ArtifactError):
     """An artifact exists with another config hash than the one asked for."""
 

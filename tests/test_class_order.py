@@ -135,12 +135,15 @@ def _train_args(workdir: Path) -> list[str]:
 
 def _pseudo_labels_named(workdir: Path, names: list[str], order: list[str]) -> None:
     """Synthetic pseudo-labels whose manifest lists ``order``; labels re-indexed to it."""
+    from tedloc.artifacts.integrity import seal_file
+
     make_pseudo_labels(workdir, num_classes=len(names))
     stage = workdir / "pseudo_labels"
     for shard in sorted((stage / "shards").glob("*.h5")):
         with h5py.File(shard, "r+") as handle:
             labels = handle["label"][()]
             handle["label"][...] = [order.index(names[k]) if names[k] in order else k for k in labels]
+        seal_file(shard)  # edited on purpose: its checksum is made again, as a writer would
     manifest = json.loads((stage / "manifest.json").read_text())
     manifest["class_names"] = order
     (stage / "manifest.json").write_text(json.dumps(manifest))

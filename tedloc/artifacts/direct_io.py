@@ -26,8 +26,10 @@ dataset is created with its chunks allocated on resize and never filled by HDF5
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +46,28 @@ def row_bytes_of(row_shape: Sequence[int], dtype) -> int:
     return int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
+@functools.cache
+def _chunk_address_shift(userblock: int) -> int | None:
+    """What to add to the chunk address HDF5 reports for its byte offset in a file with a
+    ``userblock``-byte user block: 0 where HDF5 reports offsets in the file (HDF5 2.0),
+    ``userblock`` where it reports them from the end of the user block, as releases before
+    it may; None when neither holds (no direct I/O then).  Found once per process on a
+    small probe file, because a wrong offset would write rows over other data."""
+    if not userblock:
+        return 0
+    row = np.arange(ALIGN // 4, dtype=np.int32)
+    with tempfile.TemporaryDirectory(prefix="tedloc-probe-") as folder:
+        path = Path(folder) / "probe.h5"
+        with h5py.File(path, "w", userblock_size=userblock) as handle:
+            address = handle.create_dataset("row", data=row[None], chunks=(1, len(row))
+                                            ).id.get_chunk_info_by_coord((0, 0)).byte_offset
+        data = path.read_bytes()
+    for shift in (0, userblock):
+        if data[address + shift:address + shift + row.nbytes] == row.tobytes():
+            return shift
+    return None
+
+
 def row_chunk_offsets(dataset: h5py.Dataset, rows: Sequence[int]) -> np.ndarray | None:
     """int64 (len(rows),) byte offsets in the file of the chunks holding ``rows`` of
     ``dataset``, when each row is one unfiltered, allocated chunk; None otherwise."""
@@ -52,6 +76,9 @@ def row_chunk_offsets(dataset: h5py.Dataset, rows: Sequence[int]) -> np.ndarray 
         return None
     if dataset.id.get_create_plist().get_nfilters():
         return None
+    shift = _chunk_address_shift(dataset.file.id.get_create_plist().get_userblock())
+    if shift is None:
+        return None
     row_bytes = row_bytes_of(row_shape, dataset.dtype)
     zeros = (0,) * len(row_shape)
     offsets = np.empty(len(rows), np.int64)
@@ -59,7 +86,7 @@ def row_chunk_offsets(dataset: h5py.Dataset, rows: Sequence[int]) -> np.ndarray 
         info = dataset.id.get_chunk_info_by_coord((int(row), *zeros))
         if info.byte_offset is None or info.size != row_bytes:
             return None
-        offsets[k] = info.byte_offset
+        offsets[k] = info.byte_offset + shift
     return offsets
 
 

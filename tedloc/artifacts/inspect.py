@@ -1,4 +1,5 @@
-"""``tedloc inspect``: describe artifacts in words, and render one image's arrays as a PNG.
+"""``tedloc inspect``: describe artifacts in words, check their files (``--verify``), and
+render one image's arrays as a PNG.
 
 ``describe`` accepts an HDF5 file, a stage directory (``manifest.json`` + ``shards/``) or
 a whole workdir (every stage directory in it).  ``render_image`` draws the 2-D arrays
@@ -9,6 +10,7 @@ be opened, otherwise the map alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -18,8 +20,16 @@ import cv2
 import h5py
 import numpy as np
 
+from tedloc.artifacts import integrity
 from tedloc.artifacts.atomic import TMP_SUFFIX
-from tedloc.artifacts.store import MANIFEST, SHARD_DIR, check_format, is_shard_name
+from tedloc.artifacts.store import (
+    MANIFEST,
+    SHARD_DIR,
+    check_format,
+    is_shard_name,
+    stage_file_problems,
+    stage_files,
+)
 from tedloc.errors import ArtifactError, TedlocError
 
 log = logging.getLogger(__name__)
@@ -208,6 +218,98 @@ def _describe_stage(stage: Path) -> str:
                         and not p.name.startswith(".") and not p.name.endswith(TMP_SUFFIX)):
         lines.append(f"  {other.name}: {other.stat().st_size} bytes")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ verify
+
+@dataclasses.dataclass
+class VerifyReport:
+    """What ``tedloc inspect --verify`` found: ``problems`` (file, problem) of every missing
+    or damaged file; ``unverified`` files without a checksum (written before tedloc recorded
+    them); ``checked`` how many files were checked; ``lines`` the report as text."""
+
+    problems: list[tuple[Path, str]]
+    unverified: list[Path]
+    checked: int
+    lines: list[str]
+
+    def render(self) -> str:
+        return "\n".join(self.lines)
+
+
+def verify(path: str | Path) -> VerifyReport:
+    """Check every file of an artifact against its checksum: a file, a stage directory
+    (the files its manifest lists, and every other HDF5 file and checkpoint in it) or a
+    workdir (each stage directory in it)."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: not found")
+    report = VerifyReport([], [], 0, [])
+    if path.is_file():
+        _verify_files(report, [(path, {})])
+    elif _is_stage_dir(path):
+        _verify_stage(report, path)
+    else:
+        stages = sorted(p for p in path.iterdir() if p.is_dir() and _is_stage_dir(p))
+        if not stages:
+            raise ArtifactError(f"{path}: no stage directories (manifest.json or shards/) found here")
+        for stage in stages:
+            _verify_stage(report, stage)
+    summary = (f"{len(report.problems)} of {report.checked} files damaged or missing" if report.problems
+               else f"all {report.checked} files intact")
+    if report.unverified:
+        summary += f" ({len(report.unverified)} without a checksum, not verified)"
+    report.lines.append(summary)
+    return report
+
+
+def _verify_files(report: VerifyReport, files: list[tuple[Path, dict[str, Any]]], indent: str = "") -> None:
+    for file, record in files:
+        report.checked += 1
+        problem = integrity.file_problem(file, record)
+        if problem is not None:
+            report.problems.append((file, problem))
+            report.lines.append(f"{indent}{file}: {problem}")
+        elif file.is_file() and not integrity.has_checksum(file):
+            report.unverified.append(file)
+            report.lines.append(f"{indent}{file}: no checksum (written before tedloc recorded them); not verified")
+
+
+def _verify_stage(report: VerifyReport, stage: Path) -> None:
+    """The files of one stage directory: those its manifest lists, then every other HDF5
+    file and checkpoint in it (shards and staging files of an unfinished run)."""
+    before, lines_before = len(report.problems), len(report.lines)
+    listed: dict[str, dict[str, Any]] = {}
+    checked_before = report.checked
+    manifest_path = stage / MANIFEST
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            manifest = None
+            report.problems.append((manifest_path, f"damaged (not valid JSON: {exc})"))
+            report.lines.append(f"  {manifest_path}: damaged (not valid JSON: {exc})")
+        if isinstance(manifest, dict):
+            _check_version(manifest_path, manifest.get("format"), manifest.get("format_version"))
+            listed = stage_files(stage, manifest)
+            found = stage_file_problems(stage, manifest)
+            report.checked += len(listed)
+            for name in listed:
+                if name in found:
+                    report.problems.append((stage / name, found[name]))
+                    report.lines.append(f"  {stage / name}: {found[name]}")
+                elif (stage / name).is_file() and not integrity.has_checksum(stage / name):
+                    report.unverified.append(stage / name)
+                    report.lines.append(f"  {stage / name}: no checksum (written before tedloc recorded them); "
+                                        "not verified")
+    others = sorted(p for pattern in ("*.h5", "*.pt") for p in stage.rglob(pattern)
+                    if p.relative_to(stage).as_posix() not in listed and not p.name.endswith(TMP_SUFFIX))
+    _verify_files(report, [(p, {}) for p in others], indent="  ")
+    damaged = len(report.problems) - before
+    state = f"{damaged} damaged or missing" if damaged else "all intact"
+    count = report.checked - checked_before
+    report.lines.insert(lines_before, f"stage {stage.name} ({stage}): {count} file{'s' * (count != 1)} "
+                                      f"checked, {state}")
 
 
 # ------------------------------------------------------------------------------ render

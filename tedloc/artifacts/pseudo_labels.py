@@ -50,11 +50,14 @@ from tedloc.artifacts.direct_io import (
     open_direct_writer,
     row_chunk_offsets,
 )
+from tedloc.artifacts.integrity import check_file, file_problem
 from tedloc.artifacts.store import (
     MANIFEST,
     ArtifactHeader,
     ShardedReader,
     check_format,
+    overwrite_hint,
+    owner_of,
     write_arrays,
     write_header_attrs,
 )
@@ -131,12 +134,19 @@ def write_classifier_once(path: str | Path, header: ArtifactHeader, weight: np.n
 
 
 def read_classifier(workdir_or_path: str | Path) -> CamClassifier:
-    """Load ``cam_classifier.h5`` (a path to it, its stage directory or the workdir)."""
+    """Load ``cam_classifier.h5`` (a path to it, its stage directory or the workdir).
+
+    Raises:
+        DamagedFileError: the file fails its checksum (only a fresh run remakes it: the
+            pseudo-labels' maps were made with it).
+        ArtifactError: missing, unreadable, or of another format.
+    """
     path = Path(workdir_or_path)
     if path.is_dir():
         path = stage_dir(path) / CLASSIFIER_FILE
     if not path.is_file():
         raise ArtifactError(f"{path}: not found; run the pseudo-labels stage first")
+    check_file(path, hint=overwrite_hint(FORMAT))
     try:
         with h5py.File(path, "r") as handle:
             check_format(path, handle.attrs.get("format"), handle.attrs.get("format_version"),
@@ -153,9 +163,9 @@ class PseudoLabels(ShardedReader):
     (h, w, c) when ``has_features``; ``read_all("label")`` -> int64 (N,) in ``ids`` order.
     """
 
-    def __init__(self, workdir_or_dir: str | Path, *, allow_partial: bool = False):
+    def __init__(self, workdir_or_dir: str | Path, *, allow_partial: bool = False, verify: bool = False):
         super().__init__(stage_dir(workdir_or_dir), FORMAT, supported_versions=SUPPORTED_VERSIONS,
-                         allow_partial=allow_partial)
+                         allow_partial=allow_partial, verify=verify)
 
     def _fact(self, key: str, default: Any = None) -> Any:
         return (self.manifest or {}).get(key, default)
@@ -193,9 +203,11 @@ class PseudoLabels(ShardedReader):
         return read_classifier(self.directory / CLASSIFIER_FILE)
 
 
-def open_pseudo_labels(workdir_or_dir: str | Path) -> PseudoLabels:
-    """Open the finished artifact under ``<workdir>/pseudo_labels`` (ArtifactError if unfinished)."""
-    return PseudoLabels(workdir_or_dir)
+def open_pseudo_labels(workdir_or_dir: str | Path, *, verify: bool = True) -> PseudoLabels:
+    """Open the finished artifact under ``<workdir>/pseudo_labels`` (ArtifactError if
+    unfinished).  With ``verify`` every shard must pass its checksum (DamagedFileError
+    naming it); the grid files they link to are checked by ``verify_linked()``."""
+    return PseudoLabels(workdir_or_dir, verify=verify)
 
 
 # ----------------------------------------------------------------------------- staged encoder outputs
@@ -453,13 +465,15 @@ def recover_orphan_grid_files(directory: str | Path, shard_dir: Path, part: int,
     return moved
 
 
-def scan_encoded(directory: str | Path, identity: str, *, overwrite: bool = False) -> list[EncodedFile]:
+def scan_encoded(directory: str | Path, identity: str, *, overwrite: bool = False, part: int = 0,
+                 num_parts: int = 1) -> list[EncodedFile]:
     """Index the staging files under ``<directory>/encoded`` (sorted by name).
 
     A file of another identity raises :class:`ConfigMismatchError` (the same rule as the
     shards: never reuse or delete silently) unless ``overwrite``, which deletes it.  An
-    unreadable file (damage from outside: they appear atomically) is deleted with a warning;
-    its images are encoded again.
+    unreadable file, or one of process ``part`` (of ``num_parts``; each process checks its
+    own) that fails its checksum, is damage from outside (they appear atomically): it is
+    deleted with a warning, and its images are encoded again.
     """
     folder = Path(directory) / ENCODED_DIR
     found: list[EncodedFile] = []
@@ -492,8 +506,13 @@ def scan_encoded(directory: str | Path, identity: str, *, overwrite: bool = Fals
             log.warning("--overwrite: deleting %s (hash %s)", path, file_identity)
             path.unlink(missing_ok=True)
             continue
-        part, num_parts, seq = map(int, match.groups())
-        found.append(EncodedFile(path=path, part=part, num_parts=num_parts, seq=seq, ids=ids,
+        file_part, file_parts, seq = map(int, match.groups())
+        problem = file_problem(path) if owner_of(path.name, num_parts) == part else None
+        if problem is not None:
+            log.warning("%s: %s; deleting it, its images will be encoded again", path, problem)
+            path.unlink(missing_ok=True)
+            continue
+        found.append(EncodedFile(path=path, part=file_part, num_parts=file_parts, seq=seq, ids=ids,
                                  skipped=skipped, contents=contents))
     return found
 

@@ -20,11 +20,13 @@ import h5py
 import numpy as np
 
 from tedloc.artifacts.atomic import atomic_h5
+from tedloc.artifacts.integrity import check_file
 from tedloc.artifacts.store import (
     MANIFEST,
     ArtifactHeader,
     check_format,
     read_manifest,
+    redo_hint,
     write_header_attrs,
 )
 from tedloc.errors import ArtifactError
@@ -119,11 +121,13 @@ def read_text_embed(workdir_or_dir: str | Path) -> TextEmbedArtifact:
     """Load a finished text-embed artifact (a workdir, its ``text_embed/`` or the .h5 file).
 
     Raises:
+        DamagedFileError: the file is missing or fails its checksum.
         ArtifactError: not finished (no manifest), unknown format or version, missing data.
     """
     directory = stage_dir(workdir_or_dir)
     manifest = read_manifest(directory, FORMAT, SUPPORTED_VERSIONS)
     path = directory / FILE_NAME
+    check_file(path, (manifest.get("checksums") or {}).get(FILE_NAME), hint=redo_hint(FORMAT))
     try:
         handle = h5py.File(path, "r")
     except (OSError, FileNotFoundError) as exc:

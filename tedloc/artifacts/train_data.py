@@ -100,6 +100,7 @@ def read_pseudo_label_index(workdir_or_dir: str | Path) -> PseudoLabelIndex:
     """Load ids, labels, maps and boxes of a finished pseudo-label artifact.
 
     Raises:
+        DamagedFileError: a shard is missing or fails its checksum.
         ArtifactError: unfinished, unknown format, missing datasets or inconsistent shapes.
     """
     with open_pseudo_labels(workdir_or_dir) as reader:
@@ -160,7 +161,7 @@ class MemoryFeatures:
     """Every cached grid in memory as float16 torch tensors (N, h, w, c)."""
 
     def __init__(self, index: PseudoLabelIndex, *, with_flip: bool):
-        with open_pseudo_labels(index.directory) as reader:
+        with open_pseudo_labels(index.directory, verify=False) as reader:  # checked by the stage
             self._check_order(reader, index)
             self.features = torch.from_numpy(np.ascontiguousarray(reader.read_all("features"), np.float16))
             self.features_flip = (torch.from_numpy(np.ascontiguousarray(reader.read_all("features_flip"),
@@ -196,7 +197,7 @@ class _ShardBatches(TorchDataset):
 
     def __getitem__(self, k: int) -> torch.Tensor:
         if self._reader is None:  # opened in the worker: h5py handles do not cross fork safely
-            self._reader = open_pseudo_labels(self.directory)
+            self._reader = open_pseudo_labels(self.directory, verify=False)  # checked by the stage
         indices, flips = self.plan[k]
         rows = [self._reader.read("features_flip" if flip else "features", self.ids[i])
                 for i, flip in zip(indices, flips, strict=True)]

@@ -29,7 +29,15 @@ import cv2
 import numpy as np
 
 from tedloc.artifacts import evaluate as files
-from tedloc.artifacts.store import ArtifactHeader, ShardedReader, ShardedWriter, read_manifest
+from tedloc.artifacts.atomic import TMP_SUFFIX
+from tedloc.artifacts.store import (
+    MANIFEST,
+    SHARD_DIR,
+    ArtifactHeader,
+    ShardedReader,
+    ShardedWriter,
+    read_manifest,
+)
 from tedloc.config import hash_json
 from tedloc.configs.evaluate import Config
 from tedloc.data.classes import match_classes, remap_records
@@ -595,7 +603,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         summary = {key: {k: m["overall"].get(k) for k in ("max_box_acc_v1", "max_box_acc_v2", "top1_loc",
                                                           "top1_cls", "pxap") if k in m["overall"]}
                    for key, m in results["methods"].items()}
-        path = writer.finish(ids, extra={
+        path = writer.finish(ids, also=_report_files(stage_dir), extra={
             "dataset": header.config["dataset"], "split": config.split, "label_map": label_map,
             "train_identity": train_identity,
             "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
@@ -608,6 +616,14 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         raise ArtifactError(f"{stage_dir}: images are missing after the run")
     log.info("evaluate: results in %s", stage_dir / files.RESULTS_MD)
     return path
+
+
+def _report_files(stage_dir: Path) -> list[str]:
+    """The report's files (relative paths): everything but the shards, the manifest, locks
+    and temporary files; recorded in the manifest's checksums."""
+    return sorted(p.relative_to(stage_dir).as_posix() for p in stage_dir.rglob("*")
+                  if p.is_file() and p.name != MANIFEST and not p.name.startswith(".lock")
+                  and not p.name.endswith(TMP_SUFFIX) and p.relative_to(stage_dir).parts[0] != SHARD_DIR)
 
 
 def _outputs_missing(stage_dir: Path, config: Config) -> bool:

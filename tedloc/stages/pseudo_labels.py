@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from tedloc.artifacts.atomic import BackgroundCommitter
 from tedloc.artifacts.buffer_pool import BufferPool
 from tedloc.artifacts.direct_io import aligned_rows
+from tedloc.artifacts.integrity import file_problem
 from tedloc.artifacts.pseudo_labels import (
     CLASSIFIER_FILE,
     FORMAT,
@@ -80,11 +81,23 @@ from tedloc.artifacts.pseudo_labels import (
     scan_encoded,
     write_classifier_once,
 )
-from tedloc.artifacts.store import ArtifactHeader, ShardedReader, ShardedWriter, shard_of
+from tedloc.artifacts.store import (
+    ArtifactHeader,
+    ShardedReader,
+    ShardedWriter,
+    overwrite_hint,
+    shard_of,
+)
 from tedloc.config import hash_json
 from tedloc.configs.pseudo_labels import Config
 from tedloc.data.records import Dataset, Record
-from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
+from tedloc.errors import (
+    ArtifactError,
+    ConfigError,
+    ConfigMismatchError,
+    DamagedFileError,
+    InputError,
+)
 from tedloc.paths import absolute_encoder_spec
 from tedloc.pipeline import cam as cam_ops
 from tedloc.pipeline.box_diagnostic import BoxDiagnostic, diagnostic_sample
@@ -463,6 +476,27 @@ def gather_pooled(encoder: ImageEncoder, dataset: Dataset, records: Sequence[Rec
     return features, np.asarray([r.label for r in chosen], np.int64)
 
 
+def check_classifier(directory: Path, writer: ShardedWriter, *, overwrite: bool) -> None:
+    """Before resuming: ``cam_classifier.h5`` must be intact once shards made with it exist
+    (only a fresh run remakes it); before any shard a damaged one is deleted and fitted
+    again.  Its process (the first) checks it; with ``overwrite`` the stage starts afresh."""
+    path = directory / CLASSIFIER_FILE
+    if path.exists():
+        problem = file_problem(path) if writer.owns(CLASSIFIER_FILE) else None
+    else:
+        problem = "missing" if writer.done_ids() else None
+    if problem is None:
+        return
+    if not writer.done_ids():
+        log.warning("%s: %s; deleting it, it is fitted again in this run", path, problem)
+        path.unlink(missing_ok=True)
+        return
+    error = DamagedFileError(path, problem, overwrite_hint(FORMAT) + " (the maps on disk were made with it)")
+    if not overwrite:
+        raise error
+    writer.clear(str(error))
+
+
 def get_classifier(directory: Path, header: ArtifactHeader, encoder: ImageEncoder, dataset: Dataset,
                    records: Sequence[Record], config: Config, staged: Sequence[EncodedFile]
                    ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -686,13 +720,15 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
     header = make_header(config, records=records, class_names=dataset.class_names,
                          encoder_fingerprint=fingerprint, method=method)
 
+    # The classifier cannot be redone by resuming: the maps on disk were made with it.
     writer = ShardedWriter(directory, header, num_shards=num_shards, shard_index=shard_index,
-                           supported_versions=SUPPORTED_VERSIONS)
+                           supported_versions=SUPPORTED_VERSIONS, precious=(CLASSIFIER_FILE,))
     with writer:
         if writer.open(overwrite=overwrite):
             remove_encoded(directory)  # left by a kill between the manifest and the cleanup
             log.info("pseudo-labels: %s is up to date (hash %s); nothing to do", directory, header.identity)
             return writer.manifest_path
+        check_classifier(directory, writer, overwrite=overwrite)
         if encoder is None:
             encoder = build_image_encoder(config.encoder, input_size=config.input_size or None, device=device)
         if encoder.device.type == "cpu" and config.cpu_keep_freed_memory:
@@ -714,7 +750,8 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         wanted = staged_contents(stage_grid, stage_flip)
         own: list[EncodedFile] = []
         others: list[EncodedFile] = []
-        for entry in scan_encoded(directory, header.identity, overwrite=overwrite):
+        for entry in scan_encoded(directory, header.identity, overwrite=overwrite, part=shard_index,
+                                  num_parts=num_shards):
             if (entry.part, entry.num_parts) != (shard_index, num_shards):
                 others.append(entry)
             elif wanted <= set(entry.contents) and pending_set & (set(entry.ids) | set(entry.skipped)):
@@ -884,7 +921,7 @@ def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Se
         "classifier_train_accuracy": round(float(clf_attrs.get("train_accuracy", 0.0)), 4),
         "diagnostic": diagnostic,
     }
-    path = writer.finish(all_ids, extra=extra)
+    path = writer.finish(all_ids, extra=extra, also=[CLASSIFIER_FILE])
     if path is None:
         return writer.directory
     remove_encoded(writer.directory)  # after the manifest: a kill before this loses nothing

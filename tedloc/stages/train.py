@@ -38,8 +38,10 @@ import torch
 import torch.distributed as dist
 
 from tedloc.artifacts.atomic import atomic_path
-from tedloc.artifacts.checkpoint import load_checkpoint, save_checkpoint
+from tedloc.artifacts.checkpoint import RETRAIN_HINT, load_checkpoint, save_checkpoint
+from tedloc.artifacts.integrity import check_file
 from tedloc.artifacts.lock import StageLock
+from tedloc.artifacts.pseudo_labels import open_pseudo_labels
 from tedloc.artifacts.store import (
     MANIFEST,
     ArtifactHeader,
@@ -273,15 +275,23 @@ def _checkpoint_common(head, *, config: Config, header: ArtifactHeader, text, in
     }
 
 
+#: Files resuming cannot redo (training would start again): their damage is refused.
+#: ``model.pt`` and ``train_log.csv`` are made again from them by a rerun.
+PRECIOUS = ("last.pt", "best.pt")
+
+
 def _prepare(stage_dir: Path, header: ArtifactHeader, overwrite: bool) -> tuple[bool, dict[str, Any] | None]:
-    """(finished already, last.pt state to resume from or None); refuses other identities."""
-    if prepare_stage_dir(stage_dir, header, overwrite=overwrite):
+    """(finished already, last.pt state to resume from or None); refuses other identities
+    and damaged checkpoints (a damaged ``model.pt`` of a finished run is made again)."""
+    if prepare_stage_dir(stage_dir, header, overwrite=overwrite, precious=PRECIOUS):
         return True, None
     last = stage_dir / "last.pt"
     if not last.exists():
         return False, None
     try:
         state = load_checkpoint(last)
+        if (stage_dir / "best.pt").exists():  # read at the end: a damaged one must stop us now
+            check_file(stage_dir / "best.pt", hint=RETRAIN_HINT)
         found = f"{state.get('config_hash')}/{state.get('upstream_hash')}"
         problem = None if found == header.identity else ConfigMismatchError(
             f"{last}: made with hash {found}, this run has {header.identity}; pass --overwrite to "
@@ -330,6 +340,10 @@ def _run(config: Config, workdir: Path, overwrite: bool, on_epoch_end, ddp: _Dis
         lock.acquire()
         try:
             finished, state = _prepare(stage_dir, header, overwrite)
+            if not finished and index.has_features and config.features != "encoder":
+                # The cached grids it will read (rank 0 for all): never train on damaged features.
+                with open_pseudo_labels(index.directory, verify=False) as reader:
+                    reader.verify_linked()
         except TedlocError as exc:
             error = str(exc)
             lock.release()
