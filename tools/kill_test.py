@@ -87,9 +87,14 @@ def descendants(pid: int) -> set[int]:
     found: set[int] = set()
     todo = [pid]
     while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+        pid = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+            continue
+        for task in tasks:
             try:
-                children = {int(c) for c in (task / "children").read_text().split()}
+                children = {int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()}
             except (FileNotFoundError, ProcessLookupError):
                 continue
             todo.extend(children - found)
@@ -286,7 +291,8 @@ def main() -> int:
             window = windows[stage]
             if stage == "pseudo-labels" and trial % 2 == 1 and window is not None:
                 # During the diagnostic: while its worker processes run.
-                delay = rng.uniform(0.0, 0.8 * (window[1] - window[0]))
+                # The first half of the reference's window: other runs' windows are shorter.
+                delay = rng.uniform(0.0, 0.5 * (window[1] - window[0]))
                 killed = run_stage(workdir, stage, kill_after_workers=delay)
                 when = f"{delay:.2f} s after its workers started"
             else:
