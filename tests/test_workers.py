@@ -78,22 +78,24 @@ def _start(tmp_path: Path, code: str, *args: str) -> subprocess.Popen:
                             env=env, cwd=ROOT)
 
 
-def _read_pids(proc: subprocess.Popen, count: int, *, also: str = "") -> set[int]:
+def _read_pids(proc: subprocess.Popen, count: int, *, then: str = "") -> tuple[set[int], str]:
     """Pids from the first ``count`` lines ``ready <pid>`` (printed by the workers themselves),
-    reading on until the line ``also`` too has come (in any order)."""
+    and the first line starting with ``then`` (the lines come in any order)."""
     pids: set[int] = set()
-    while len(pids) < count or also:
+    found = ""
+    while len(pids) < count or (then and not found):
         line = proc.stdout.readline()
         assert line, f"the process ended (exit {proc.poll()}) before {count} workers were ready"
         if line.startswith("ready "):
             pids.add(int(line.split()[1]))
-        elif line.strip() == also:
-            also = ""
-    return pids
+        elif then and line.startswith(then):
+            found = line.strip()
+    return pids, found
 
 
 POOL_SCRIPT = r"""
     import os, sys, threading
+    from tedloc.pipeline import workers
     from tedloc.pipeline.workers import process_pool
 
     def announce():
@@ -102,6 +104,11 @@ POOL_SCRIPT = r"""
 
     def block():
         threading.Event().wait()
+
+    def by_main_thread():
+        # Which watch this worker has: the kernel's (its parent is the main thread; after
+        # the thread that started it ends, it is) or the poll.
+        return workers._started_by_main_thread(os.getppid())
 
     def start(method, pools):
         pool = process_pool(3, start_method=method, initializer=announce)
@@ -120,11 +127,10 @@ POOL_SCRIPT = r"""
             thread.join()
             while str(thread.native_id) in os.listdir("/proc/self/task"):
                 threading.Event().wait(0.01)  # the kernel has not finished the thread yet
-        # A task for every worker: if the thread's end had killed one, this would raise
+        # Tasks for the idle workers: if the thread's end had killed one, this would raise
         # BrokenProcessPool instead of returning.
-        for result in [pools[0].submit(os.getpid) for _ in range(6)]:
-            result.result()
-        os.write(1, b"answered\n")
+        kinds = {result.result() for result in [pools[0].submit(by_main_thread) for _ in range(6)]}
+        os.write(1, f"answered {sorted(kinds)}\n".encode())
         threading.Event().wait()
 """
 
@@ -133,7 +139,9 @@ POOL_SCRIPT = r"""
 def test_pool_workers_end_with_their_killed_parent(tmp_path, method, where):
     proc = _start(tmp_path, POOL_SCRIPT, method, where)
     try:
-        workers = _read_pids(proc, 3, also="answered")
+        workers, answer = _read_pids(proc, 3, then="answered")
+        if where == "main":
+            assert answer == "answered [True]"  # the kernel's watch (a later thread may inherit them)
         assert workers <= _children(proc.pid)
         assert not _kill_and_wait(proc, workers)
     finally:
@@ -165,7 +173,7 @@ LOADER_SCRIPT = r"""
 def test_loader_workers_end_with_their_killed_parent(tmp_path):
     proc = _start(tmp_path, LOADER_SCRIPT)
     try:
-        workers = _read_pids(proc, 2)
+        workers, _ = _read_pids(proc, 2)
         assert workers <= _children(proc.pid)
         assert not _kill_and_wait(proc, workers)
     finally:

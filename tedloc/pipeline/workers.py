@@ -84,7 +84,8 @@ def _start_loader_worker(parent_pid: int, worker_id: int) -> None:
 
 
 def _started_by_main_thread(parent_pid: int) -> bool:
-    """Whether the parent's main thread (tid = pid) started this process.  The kernel's list
+    """Whether this process is a child of its parent's main thread (tid = pid): started by it,
+    or handed to it by the kernel when the thread that started it ended.  The kernel's list
     may miss a child while others start or end: then False, and the portable watch is used."""
     try:
         with open(f"/proc/{parent_pid}/task/{parent_pid}/children", encoding="ascii") as handle:
