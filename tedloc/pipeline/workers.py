@@ -8,10 +8,10 @@ tedloc is started through this module, whose initializer ties the worker's life 
 parent's:
 
 * on Linux, ``prctl(PR_SET_PDEATHSIG, SIGKILL)``: the kernel kills the worker when its
-  parent dies.  The signal comes when the parent *thread* that started the worker ends, so
-  it is set only for workers started by the parent's main thread (whose end is the
-  process's end), read from ``/proc/<parent>/task/<parent>/children``;
-* otherwise (another OS, a worker started by another thread, no ``/proc``), a daemon
+  parent dies.  The signal comes when the worker's parent *thread* ends, so it is set only
+  for children of the parent's main thread (whose end is the process's end), read from
+  ``/proc/<parent>/task/<parent>/children``;
+* otherwise (another OS, a child of another thread, no ``/proc``), a daemon
   thread in the worker polls ``os.getppid()`` every :data:`POLL_SECONDS` and kills the
   worker once it changes (an orphan is handed to another parent).
 
