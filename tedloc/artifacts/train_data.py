@@ -32,6 +32,7 @@ from tedloc.artifacts.text_embed import TextEmbedArtifact
 from tedloc.data.classes import class_difference, match_classes, remap_labels
 from tedloc.errors import ArtifactError
 from tedloc.paths import recorded_dataset
+from tedloc.pipeline.workers import loader_worker_init
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def shard_feature_loader(index: PseudoLabelIndex, plan: Sequence[Batch], *, num_
     """DataLoader yielding the float16 grids (B, h, w, c) of each batch of ``plan``, in order."""
     return DataLoader(_ShardBatches(index.directory, index.ids, plan), batch_size=None, shuffle=False,
                       num_workers=num_workers, prefetch_factor=2 if num_workers > 0 else None,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=loader_worker_init())
 
 
 class _ImageBatches(TorchDataset):
@@ -241,4 +242,4 @@ def image_loader(dataset, records: Sequence, plan: Sequence[Batch], *, input_siz
     the artifact's ``ids`` order); flipped images are mirrored left-right before encoding."""
     return DataLoader(_ImageBatches(dataset, records, plan, input_size), batch_size=None, shuffle=False,
                       num_workers=num_workers, prefetch_factor=2 if num_workers > 0 else None,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=loader_worker_init())

@@ -10,11 +10,12 @@ stage goes on; its value equals scoring every image at once.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
+
+from tedloc.pipeline.workers import process_pool
 
 #: Side of the square the maps and GT boxes are scored at (wsolevaluation's).
 DIAGNOSTIC_SIZE = 224
@@ -65,7 +66,8 @@ class BoxDiagnostic:
     With ``workers`` > 1 the chunks are scored in that many forked processes (they need
     only numpy and OpenCV, and start at once) while the caller goes on: the contour search
     at 100 thresholds costs about 3-8 ms of CPU per image and holds the GIL, so processes,
-    not threads.  Use as a context manager (or call :meth:`close`) so that the processes end.
+    not threads.  Use as a context manager (or call :meth:`close`) so that the processes end;
+    they also end when the caller's process is killed (:mod:`tedloc.pipeline.workers`).
     """
 
     def __init__(self, thresholds: np.ndarray, deltas: Sequence[int] = (30, 50, 70), *, workers: int = 1):
@@ -97,9 +99,7 @@ class BoxDiagnostic:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork" if "fork" in methods else None)
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            self._pool = process_pool(self.workers, start_method="fork")
         return self._pool
 
     def value(self) -> float | None:

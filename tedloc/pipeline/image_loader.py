@@ -34,6 +34,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from tedloc.data.records import Dataset, Record
 from tedloc.errors import InputError, TedlocError
+from tedloc.pipeline.workers import loader_worker_init
 
 ON_BAD_IMAGE = ("fail", "skip")
 #: Decoding processes when ``num_workers`` is "auto" (-1) and the encoder is on an accelerator.
@@ -221,5 +222,6 @@ def make_image_loader(dataset: Dataset, records: Sequence[Record], *, input_size
         pin_memory=pin_memory,
         # Two batches in flight per worker keep the device busy without holding many images.
         prefetch_factor=2,
+        worker_init_fn=loader_worker_init(),
     )
     return ImageLoader(loader, on_bad_image)

@@ -380,16 +380,14 @@ def _scored_chunks(stage_dir: Path, size: int, accs: dict[str, metrics.Localizat
         for part in chunks:
             yield _score_chunk(stage_dir, size, accs, dataset, part, reader)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from tedloc.pipeline.workers import process_pool
 
     # Workers get the dataset without its record list (masks are loaded per record), so
     # that a large split is not pickled once per chunk.
     light = dataclasses.replace(dataset, records=[])
     # spawn: the parent may hold torch/OpenCV threads, which do not survive a fork safely.
-    with ProcessPoolExecutor(max_workers=min(num_workers, len(chunks)),
-                             mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_open_worker_reader, initargs=(stage_dir,)) as pool:
+    with process_pool(min(num_workers, len(chunks)), start_method="spawn",
+                      initializer=_open_worker_reader, initargs=(stage_dir,)) as pool:
         # A bounded window of chunks in flight: results are consumed in order, memory stays small.
         window = 4 * num_workers
         futures = collections.deque(pool.submit(_score_chunk, stage_dir, size, accs, light, part)
