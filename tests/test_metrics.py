@@ -3,19 +3,18 @@
 import numpy as np
 import pytest
 
+from tedloc.pipeline.box_search import best_ious
 from tedloc.pipeline.boxes import iou_matrix
 from tedloc.pipeline.metrics import (
     LocalizationAccumulator,
-    PxapAccumulator,
-    best_ious,
     check_scoremap,
     evaluation_map,
     gt_boxes_at_eval_size,
     normalize_scoremap,
-    pxap_from_histograms,
     threshold_grid,
     topk_hits,
 )
+from tedloc.pipeline.pxap import PxapAccumulator, pxap_from_histograms
 
 GRID = threshold_grid(0.01)
 
@@ -153,6 +152,22 @@ def test_pxap_perfect_map_is_100_and_reversed_map_is_low():
     reversed_.add((~fg).astype(np.float64), fg)
     # Only the lowest bin reaches any recall, at precision 16/100.
     assert reversed_.compute() == pytest.approx(16.0)
+
+
+def test_pxap_histograms_from_pixel_bins_equal_the_sorted_ones():
+    # Values on bin edges (0, 0.5, 0.99), at 1.0 (the [1, 2) bin) and in between.
+    acc = PxapAccumulator(GRID)
+    rng = np.random.default_rng(6)
+    scoremap = rng.random((30, 30))
+    scoremap.flat[:5] = [0.0, GRID[50], GRID[99], 1.0, 0.995]
+    foreground = rng.random((30, 30)) > 0.6
+    ignore = rng.random((30, 30)) > 0.8
+    bins = acc.pixel_bins(scoremap)
+    assert bins.flat[:5].tolist() == [0, 50, 99, 100, 99]
+    sorted_ = acc.histograms(scoremap, foreground, ignore)
+    counted = acc.histograms(scoremap, foreground, ignore, pixel_bins=bins)
+    for a, b in zip(sorted_, counted, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_pxap_ignore_mask_leaves_pixels_out():
@@ -302,8 +317,9 @@ def test_boxes_at_every_threshold_match_the_reference_on_maps_with_plateaus():
 
 
 def test_one_contour_search_gives_v1_and_v2():
+    from tedloc.pipeline.box_search import best_ious, best_ious_of
     from tedloc.pipeline.boxes import contour_boxes
-    from tedloc.pipeline.metrics import best_ious, best_ious_of, threshold_grid
+    from tedloc.pipeline.metrics import threshold_grid
 
     rng = np.random.default_rng(8)
     thresholds = threshold_grid(0.05)
@@ -342,8 +358,9 @@ def _maps_and_gt_boxes(rng, count):
 
 
 def test_box_iou_bounds_are_upper_bounds_of_every_box():
+    from tedloc.pipeline.box_search import box_iou_bounds
     from tedloc.pipeline.boxes import contour_boxes, iou_matrix, scoremap_to_uint8
-    from tedloc.pipeline.metrics import box_iou_bounds, threshold_grid
+    from tedloc.pipeline.metrics import threshold_grid
 
     thresholds = threshold_grid(0.01)
     rng = np.random.default_rng(11)
@@ -364,7 +381,8 @@ def test_box_iou_bounds_are_upper_bounds_of_every_box():
 
 
 def test_floor_skips_searches_but_not_hits():
-    from tedloc.pipeline.metrics import best_ious, threshold_grid
+    from tedloc.pipeline.box_search import best_ious
+    from tedloc.pipeline.metrics import threshold_grid
 
     thresholds = threshold_grid(0.01)
     rng = np.random.default_rng(12)
@@ -380,7 +398,8 @@ def test_floor_skips_searches_but_not_hits():
 
 
 def test_accumulator_counts_equal_the_counts_of_every_threshold_searched():
-    from tedloc.pipeline.metrics import LocalizationAccumulator, best_ious, threshold_grid
+    from tedloc.pipeline.box_search import best_ious
+    from tedloc.pipeline.metrics import LocalizationAccumulator, threshold_grid
 
     thresholds = threshold_grid(0.01)
     rng = np.random.default_rng(13)

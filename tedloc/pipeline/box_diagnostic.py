@@ -43,7 +43,8 @@ def box_hits(cams: np.ndarray, boxes: Sequence[np.ndarray], sizes: np.ndarray, i
         sizes: int (N, 2) original (width, height).
         ids: N image ids (named in errors).
     """
-    from tedloc.pipeline.metrics import best_ious, evaluation_map, gt_boxes_at_eval_size
+    from tedloc.pipeline.box_search import best_ious
+    from tedloc.pipeline.metrics import evaluation_map, gt_boxes_at_eval_size
 
     hits = np.zeros((len(deltas), len(thresholds)), np.int64)
     for scoremap, gt_original, size, image_id in zip(cams, boxes, sizes, ids, strict=True):

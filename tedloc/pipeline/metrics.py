@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from tedloc.pipeline.box_search import best_ious_of, boxes_within_reach
 from tedloc.pipeline.boxes import (
     ThresholdBoxes,
     contour_boxes,
@@ -41,6 +42,7 @@ from tedloc.pipeline.boxes import (
     rescale_boxes,
     scoremap_to_uint8,
 )
+from tedloc.pipeline.pxap import PxapAccumulator
 
 
 def threshold_grid(interval: float = 0.01) -> np.ndarray:
@@ -112,139 +114,11 @@ def gt_boxes_at_eval_size(boxes: np.ndarray, image_size: tuple[int, int], eval_s
     return scaled.astype(np.int64)
 
 
-def best_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[float], *,
-              multi_contour: bool, floor: float = 0.0) -> np.ndarray:
-    """float64 (T,): at each threshold, the best IoU between the map's boxes and ``gt_boxes``.
-
-    Args:
-        scoremap: float (H, W) in [0, 1] (checked by the caller).
-        gt_boxes: (K ≥ 1, 4) ``x0y0x1y1`` boxes in the map's pixels.
-        thresholds: τ values in [0, 1).
-        multi_contour: False for V1 (largest contour), True for V2 (every contour).
-        floor: thresholds at which :func:`box_iou_bounds` shows that no box can reach this
-            IoU are not searched and give 0.0 (for callers that only count IoUs ≥ floor:
-            their counts are unchanged).
-    """
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    # The best IoU does not depend on the order of a threshold's boxes.
-    searched, found = boxes_within_reach(scoremap_to_uint8(scoremap), gt_boxes, thresholds, floor,
-                                         largest=not multi_contour, any_order=True)
-    ious = np.zeros(len(thresholds))
-    if found is not None:
-        ious[searched] = best_ious_of(found, gt_boxes, multi_contour=multi_contour)
-    return ious
-
-
-def boxes_within_reach(scoremap_u8: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray, floor: float,
-                       **search) -> tuple[np.ndarray, ThresholdBoxes | None]:
-    """(bool (T,) thresholds searched, their :func:`contour_boxes` or None if none): every
-    threshold at which :func:`box_iou_bounds` leaves some box able to reach IoU ``floor``
-    with ``gt_boxes`` (all of them for ``floor`` ≤ 0).  ``search``: contour_boxes' options."""
-    if floor > 0:
-        searched = box_iou_bounds(scoremap_u8, gt_boxes, thresholds) >= floor
-    else:
-        searched = np.ones(len(thresholds), bool)
-    if not searched.any():
-        return searched, None
-    return searched, contour_boxes(scoremap_u8, thresholds[searched], **search)
-
-
-def box_iou_bounds(scoremap_u8: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """float64 (T,): at each threshold, an upper bound of the IoU of any box of the map (any
-    contour's, as :func:`contour_boxes` makes them) with any of ``gt_boxes``; ``inf`` where
-    no pixel is above the threshold (the empty box is not bounded).
-
-    Every contour (outer or hole) lies in the bounding box of the pixels above the
-    threshold, so every box lies in that box widened by one pixel right and down (a box's
-    far corner is its rect's ``x + w``, clipped): B.  IoU(b, g) ≤ |b ∩ g| / |g| ≤ |B ∩ g| / |g|.
-    Level sets shrink as the threshold rises, and so does the bound: a map's peak far
-    from the GT box leaves its high thresholds out of reach.  Costs two (T, H) and (T, W)
-    comparisons.
-    """
-    height, width = scoremap_u8.shape
-    levels = (np.asarray(thresholds, np.float64) * int(scoremap_u8.max())).astype(np.int64)
-    rows = scoremap_u8.max(axis=1)[None, :] > levels[:, None]   # (T, H): a pixel above in the row
-    cols = scoremap_u8.max(axis=0)[None, :] > levels[:, None]   # (T, W)
-    y0, y1 = rows.argmax(axis=1), height - 1 - rows[:, ::-1].argmax(axis=1)
-    x0, x1 = cols.argmax(axis=1), width - 1 - cols[:, ::-1].argmax(axis=1)
-    region = np.stack([x0, y0, np.minimum(x1 + 1, width - 1), np.minimum(y1 + 1, height - 1)], axis=1)
-    gt = np.asarray(gt_boxes, np.int64).reshape(-1, 4)
-    inter_w = np.minimum(region[:, None, 2], gt[None, :, 2]) - np.maximum(region[:, None, 0], gt[None, :, 0]) + 1
-    inter_h = np.minimum(region[:, None, 3], gt[None, :, 3]) - np.maximum(region[:, None, 1], gt[None, :, 1]) + 1
-    inter = np.maximum(inter_w, 0) * np.maximum(inter_h, 0)
-    gt_area = (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1)
-    bounds = (inter / gt_area[None, :]).max(axis=1)
-    return np.where(rows.any(axis=1), bounds, np.inf)
-
-
-def best_ious_of(found: ThresholdBoxes, gt_boxes: np.ndarray, *, multi_contour: bool) -> np.ndarray:
-    """float64 (T,) :func:`best_ious` from boxes already found (:func:`contour_boxes`)."""
-    if not multi_contour:
-        if found.largest is None:
-            raise ValueError("V1 needs the largest contours (contour_boxes(..., largest=True))")
-        return iou_matrix(found.boxes[found.largest], gt_boxes).max(axis=1)
-    # One IoU call over every threshold's boxes (numpy overhead dominates per-call cost).
-    return np.maximum.reduceat(iou_matrix(found.boxes, gt_boxes).max(axis=1), found.starts)
-
-
 def topk_hits(logits: np.ndarray, label: int, ks: Sequence[int] = (1, 5)) -> dict[int, bool]:
     """Whether ``label`` is among the ``k`` highest of float (C,) ``logits``, for each k
     (k is capped at C).  Ties are broken by lower class index, like ``np.argsort``."""
     order = np.argsort(-np.asarray(logits, dtype=np.float64), kind="stable")
     return {k: bool(label in order[:min(k, len(order))]) for k in ks}
-
-
-def pxap_from_histograms(true_hist: np.ndarray, false_hist: np.ndarray) -> float:
-    """PxAP (percent) from score histograms of foreground and background pixels.
-
-    Histograms are in ascending bin order (last bins [1, 2), [2, 3]); precision and recall
-    are taken at each bin's left edge from the top, AP = Σ precision[i] · (recall[i] −
-    recall[i−1]) over points where something is predicted (wsolevaluation's MaskEvaluator).
-    Raises ValueError when there is no foreground pixel or no prediction at all.
-    """
-    tp = np.asarray(true_hist, dtype=np.float64)[::-1].cumsum()
-    fp = np.asarray(false_hist, dtype=np.float64)[::-1].cumsum()
-    num_true = tp[-1] if len(tp) else 0.0
-    if num_true <= 0:
-        raise ValueError("PxAP: no foreground pixel in the ground-truth masks")
-    predicted = tp + fp
-    if (predicted <= 0).all():
-        raise ValueError("PxAP: no pixel predicted as foreground")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / np.where(predicted > 0, predicted, 1), 0.0)
-    recall = tp / num_true
-    keep = predicted[1:] > 0
-    return float((precision[1:] * np.diff(recall))[keep].sum() * 100.0)
-
-
-class PxapAccumulator:
-    """Streaming PxAP: histograms of map values over foreground and background pixels.
-
-    Bins: ``[τ_0, τ_1), …, [τ_{T-1}, 1), [1, 2), [2, 3]`` (wsolevaluation's right edges
-    ``thresholds + [1, 2, 3]``).
-    """
-
-    def __init__(self, thresholds: np.ndarray):
-        self.edges = np.append(np.asarray(thresholds, dtype=np.float64), [1.0, 2.0, 3.0])
-        self.true_hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
-        self.false_hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
-        self.count = 0
-
-    def add(self, scoremap: np.ndarray, foreground: np.ndarray, ignore: np.ndarray | None = None) -> None:
-        """Add one image: float (H, W) map in [0, 1], bool (H, W) foreground mask, optional
-        bool (H, W) ignore mask (ignored pixels that are not foreground are not scored)."""
-        foreground = np.asarray(foreground, dtype=bool)
-        if foreground.shape != scoremap.shape:
-            raise ValueError(f"mask shape {foreground.shape} differs from map shape {scoremap.shape}")
-        background = ~foreground
-        if ignore is not None:
-            background &= ~np.asarray(ignore, dtype=bool)
-        self.true_hist += np.histogram(scoremap[foreground], bins=self.edges)[0]
-        self.false_hist += np.histogram(scoremap[background], bins=self.edges)[0]
-        self.count += 1
-
-    def compute(self) -> float:
-        return pxap_from_histograms(self.true_hist, self.false_hist)
 
 
 @dataclasses.dataclass
@@ -253,14 +127,63 @@ class ImageResult:
 
     ``boxes`` / ``box`` are int64 ``x0y0x1y1`` at eval size, at the stored threshold (every
     contour / the largest); ``iou`` the best IoU there in the Loc mode (None without GT boxes
-    or without a stored threshold); ``top1`` / ``top5`` whether the class is right.
+    or without a stored threshold); ``top1`` / ``top5`` whether the class is right (None for a
+    method without a classifier).
     """
 
-    top1: bool
-    top5: bool
+    top1: bool | None
+    top5: bool | None
     iou: float | None
     boxes: np.ndarray | None
     box: np.ndarray | None
+
+
+@dataclasses.dataclass
+class ImageScore:
+    """Everything one image adds to the counts of a :class:`LocalizationAccumulator`, from
+    :meth:`LocalizationAccumulator.score`: the same score can be added to several
+    accumulators (a split's and its groups'), so a map is searched for boxes once.
+
+    ``v1``, ``loc``: bool (T,) hit at each threshold (MaxBoxAccV1; GT-known Loc in the Loc
+    mode); ``v2``: bool (D, T), one row per IoU cut of MaxBoxAccV2; ``stored``: bool (3,)
+    GT-known, Top-1 and Top-5 Loc at the stored threshold.  All None for an image without GT
+    boxes (``stored`` also without a stored threshold).  ``top1`` / ``top5`` are None for a
+    method without a classifier; ``masks`` the int64 (B,) foreground and background PxAP
+    histograms, or None without masks.
+    """
+
+    label: int
+    top1: bool | None
+    top5: bool | None
+    v1: np.ndarray | None
+    v2: np.ndarray | None
+    loc: np.ndarray | None
+    stored: np.ndarray | None
+    masks: tuple[np.ndarray, np.ndarray] | None
+    result: ImageResult
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedMap:
+    """What scoring a map needs that does not depend on the image, for one map scored for
+    many images (the centre prior): from :func:`fix_map`.
+
+    ``scoremap``: float64 (S, S) in [0, 1]; ``boxes``: its :func:`contour_boxes` at every
+    threshold of the grid (largest contours recorded); ``pixel_bins``: int64 (S, S), each
+    pixel's PxAP bin (:meth:`PxapAccumulator.pixel_bins`).
+    """
+
+    scoremap: np.ndarray
+    boxes: ThresholdBoxes
+    pixel_bins: np.ndarray
+
+
+def fix_map(scoremap: np.ndarray, thresholds: np.ndarray) -> FixedMap:
+    """The :class:`FixedMap` of a float (S, S) map in [0, 1] for a threshold grid: one
+    contour search per threshold, once."""
+    scoremap = check_scoremap(scoremap)
+    return FixedMap(scoremap, contour_boxes(scoremap_to_uint8(scoremap), thresholds, largest=True),
+                    PxapAccumulator(thresholds).pixel_bins(scoremap))
 
 
 class LocalizationAccumulator:
@@ -274,12 +197,18 @@ class LocalizationAccumulator:
         loc_iou: δ of Top-1 / Top-5 / GT-known Loc (50).
         loc_multi_contour: whether the Loc metrics use every contour (V2-style) or the
             largest one (the classic single box).
-        stored_threshold: the non-oracle τ (chosen without GT), or None.
+        stored_threshold: the non-oracle τ (chosen without GT), or None: GT-known, Top-1 and
+            Top-5 Loc are then given at the oracle threshold only.
+        classifies: False for a method without class scores (the centre prior): Top-1/Top-5
+            Cls and Top-1/Top-5 Loc are not computed (None); ``logits`` must then be None.
+        per_class: False: one row of counts for every class (for groups of images, whose
+            per-class figures are not reported); labels are still checked.
     """
 
     def __init__(self, num_classes: int, thresholds: np.ndarray, *,
                  iou_thresholds: Sequence[int] = (30, 50, 70), v1_iou: int = 50, loc_iou: int = 50,
-                 loc_multi_contour: bool = False, stored_threshold: float | None = None):
+                 loc_multi_contour: bool = False, stored_threshold: float | None = None,
+                 classifies: bool = True, per_class: bool = True):
         self.num_classes = num_classes
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
         self.iou_thresholds = tuple(int(d) for d in iou_thresholds)
@@ -287,10 +216,12 @@ class LocalizationAccumulator:
         self.loc_iou = int(loc_iou)
         self.loc_multi_contour = loc_multi_contour
         self.stored_threshold = stored_threshold
+        self.classifies = classifies
+        self.per_class = per_class
         #: The lowest IoU that any count compares with (δ/100, as wsolevaluation).
         self.lowest_cut = min(*self.iou_thresholds, self.v1_iou, self.loc_iou) / 100
         num_t, num_d = len(self.thresholds), len(self.iou_thresholds)
-        c = num_classes
+        c = num_classes if per_class else 1
         self.n_images = np.zeros(c, np.int64)          # every image (classification)
         self.n_boxed = np.zeros(c, np.int64)           # images with ≥ 1 GT box (box metrics)
         self.top1 = np.zeros(c, np.int64)
@@ -303,108 +234,158 @@ class LocalizationAccumulator:
         self.stored_hits = np.zeros((c, 3), np.int64)   # GT-known, Top-1, Top-5 Loc at stored τ
         self.pxap = PxapAccumulator(self.thresholds)
 
-    def add(self, scoremap: np.ndarray, logits: np.ndarray, label: int, gt_boxes: np.ndarray | None,
+    def add(self, scoremap: np.ndarray | None, logits: np.ndarray | None, label: int, gt_boxes: np.ndarray | None,
             *, image_id: str = "<map>", foreground: np.ndarray | None = None,
-            ignore: np.ndarray | None = None) -> ImageResult:
-        """Add one image.
+            ignore: np.ndarray | None = None, fixed: FixedMap | None = None) -> ImageResult:
+        """Add one image (:meth:`score`, then :meth:`accumulate`); arguments as :meth:`score`."""
+        score = self.score(scoremap, logits, label, gt_boxes, image_id=image_id, foreground=foreground,
+                           ignore=ignore, fixed=fixed)
+        self.accumulate(score)
+        return score.result
+
+    def score(self, scoremap: np.ndarray | None, logits: np.ndarray | None, label: int, gt_boxes: np.ndarray | None,
+              *, image_id: str = "<map>", foreground: np.ndarray | None = None,
+              ignore: np.ndarray | None = None, fixed: FixedMap | None = None) -> ImageScore:
+        """Score one image without counting it (:meth:`accumulate` counts it).
 
         Args:
             scoremap: float (S, S) map at eval size, values in [0, 1] (validated: ValueError
-                naming ``image_id`` on NaN or out-of-range values).
-            logits: float (C,) class scores of the method.
+                naming ``image_id`` on NaN or out-of-range values); None with ``fixed``.
+            logits: float (C,) class scores of the method; None without a classifier.
             label: the GT class.
             gt_boxes: int (K, 4) ``x0y0x1y1`` GT boxes at eval size; None or K = 0: the image
                 counts for classification (and PxAP) only.
             foreground, ignore: bool (S, S) GT masks for PxAP, or None.
+            fixed: for a map scored for many images (the centre prior), its
+                :func:`fix_map` for this grid, in place of ``scoremap`` (pass None): no
+                contour search, no sort for PxAP.  The counts are those of a search (a
+                threshold left unsearched is one where no box reaches a cut).
         """
-        scoremap = check_scoremap(scoremap, image_id)
+        if (scoremap is None) == (fixed is None):
+            raise ValueError(f"{image_id}: give either a score map or a fixed map")
+        if fixed is not None:
+            if len(fixed.boxes.counts) != len(self.thresholds):
+                raise ValueError(f"{image_id}: fixed map boxes at {len(fixed.boxes.counts)} thresholds "
+                                 f"for a grid of {len(self.thresholds)}")
+            scoremap = fixed.scoremap  # checked by fix_map
+        else:
+            scoremap = check_scoremap(scoremap, image_id)
         if not 0 <= label < self.num_classes:
             raise ValueError(f"{image_id}: label {label} outside 0..{self.num_classes - 1}")
-        hits = topk_hits(logits, label, (1, 5))
-        self.n_images[label] += 1
-        self.top1[label] += hits[1]
-        self.top5[label] += hits[5]
+        if (logits is not None) != self.classifies:
+            raise ValueError(f"{image_id}: class scores are {'missing' if self.classifies else 'given'} "
+                             f"for a method {'with' if self.classifies else 'without'} a classifier")
+        top1 = top5 = None
+        if logits is not None:
+            hits = topk_hits(logits, label, (1, 5))
+            top1, top5 = hits[1], hits[5]
+        masks = None
         if foreground is not None:
-            self.pxap.add(scoremap, foreground, ignore)
+            masks = self.pxap.histograms(scoremap, foreground, ignore,
+                                         pixel_bins=None if fixed is None else fixed.pixel_bins)
 
-        boxes = box = None
-        iou = None
-        u8 = scoremap_to_uint8(scoremap)
+        stored_boxes = stored_box = None
+        u8 = scoremap_to_uint8(scoremap) if fixed is None or self.stored_threshold is not None else None
         if self.stored_threshold is not None:  # one search gives every contour's box and the largest's
             stored = contour_boxes(u8, [self.stored_threshold])
-            boxes = stored.per_threshold(multi_contour=True)[0]
-            box = stored.per_threshold(multi_contour=False)[0]
+            stored_boxes = stored.per_threshold(multi_contour=True)[0]
+            stored_box = stored.per_threshold(multi_contour=False)[0]
         if gt_boxes is None or len(gt_boxes) == 0:
-            return ImageResult(hits[1], hits[5], None, boxes, box)
+            return ImageScore(label, top1, top5, None, None, None, None, masks,
+                              ImageResult(top1, top5, None, stored_boxes, stored_box))
 
         gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
-        self.n_boxed[label] += 1
-        # Only IoUs at or above the lowest cut are counted: thresholds at which no box can
-        # reach it are not searched (their IoUs stay 0; every count is unchanged).
-        # One search for V1 and V2.
-        searched, found = boxes_within_reach(u8, gt_boxes, self.thresholds, self.lowest_cut)
-        v1, v2 = np.zeros(len(self.thresholds)), np.zeros(len(self.thresholds))
+        num_t = len(self.thresholds)
+        if fixed is None:
+            # Only IoUs at or above the lowest cut are counted: thresholds at which no box can
+            # reach it are not searched (their IoUs stay 0; every count is unchanged).
+            # One search for V1 and V2.
+            searched, found = boxes_within_reach(u8, gt_boxes, self.thresholds, self.lowest_cut)
+        else:
+            searched, found = np.ones(num_t, bool), fixed.boxes
+        v1, v2 = np.zeros(num_t), np.zeros(num_t)
         if found is not None:
             v1[searched] = best_ious_of(found, gt_boxes, multi_contour=False)
             v2[searched] = best_ious_of(found, gt_boxes, multi_contour=True)
         # Compare IoU with δ/100 exactly as wsolevaluation does (iou >= delta / 100).
-        self.v1_hits[label] += v1 >= self.v1_iou / 100
-        for d, delta in enumerate(self.iou_thresholds):
-            self.v2_hits[label, d] += v2 >= delta / 100
+        v1_hits = v1 >= self.v1_iou / 100
+        v2_hits = np.stack([v2 >= delta / 100 for delta in self.iou_thresholds])
         loc_curve = (v2 if self.loc_multi_contour else v1) >= self.loc_iou / 100
-        self.loc_hits[label] += loc_curve
-        self.top1_loc_hits[label] += loc_curve & hits[1]
-        self.top5_loc_hits[label] += loc_curve & hits[5]
+        iou = stored_hits = None
         if self.stored_threshold is not None:
-            iou = float(iou_matrix(boxes if self.loc_multi_contour else box, gt_boxes).max())
+            iou = float(iou_matrix(stored_boxes if self.loc_multi_contour else stored_box, gt_boxes).max())
             ok = iou >= self.loc_iou / 100
-            self.stored_hits[label] += [ok, ok and hits[1], ok and hits[5]]
-        return ImageResult(hits[1], hits[5], iou, boxes, box)
+            stored_hits = np.array([ok, ok and bool(top1), ok and bool(top5)])
+        return ImageScore(label, top1, top5, v1_hits, v2_hits, loc_curve, stored_hits, masks,
+                          ImageResult(top1, top5, iou, stored_boxes, stored_box))
+
+    def accumulate(self, score: ImageScore) -> None:
+        """Count one image's :meth:`score` (of this accumulator or one with the same settings)."""
+        row = score.label if self.per_class else 0
+        self.n_images[row] += 1
+        if score.top1 is not None:
+            self.top1[row] += score.top1
+            self.top5[row] += score.top5
+        if score.masks is not None:
+            self.pxap.add_histograms(*score.masks)
+        if score.v1 is None:
+            return
+        self.n_boxed[row] += 1
+        self.v1_hits[row] += score.v1
+        self.v2_hits[row] += score.v2
+        self.loc_hits[row] += score.loc
+        if score.top1 is not None:
+            self.top1_loc_hits[row] += score.loc & score.top1
+            self.top5_loc_hits[row] += score.loc & score.top5
+        if score.stored is not None:
+            self.stored_hits[row] += score.stored
 
     _COUNTS = ("n_images", "n_boxed", "top1", "top5", "v1_hits", "v2_hits", "loc_hits",
                "top1_loc_hits", "top5_loc_hits", "stored_hits")
 
-    def empty_like(self) -> LocalizationAccumulator:
-        """A fresh accumulator with the same settings (for a worker's share of the images)."""
+    def empty_like(self, *, per_class: bool | None = None) -> LocalizationAccumulator:
+        """A fresh accumulator with the same settings (for a worker's share of the images, or
+        with ``per_class=False`` for a group of them)."""
         return LocalizationAccumulator(
             self.num_classes, self.thresholds, iou_thresholds=self.iou_thresholds, v1_iou=self.v1_iou,
             loc_iou=self.loc_iou, loc_multi_contour=self.loc_multi_contour,
-            stored_threshold=self.stored_threshold)
+            stored_threshold=self.stored_threshold, classifies=self.classifies,
+            per_class=self.per_class if per_class is None else per_class)
+
+    def _settings(self) -> tuple:
+        return (self.num_classes, self.iou_thresholds, self.v1_iou, self.loc_iou, self.loc_multi_contour,
+                self.stored_threshold, self.classifies, self.per_class)
 
     def merge(self, other: LocalizationAccumulator) -> None:
         """Add the counts of ``other`` (same settings) to this one: sums, so the result does
         not depend on how the images were split."""
-        if (other.num_classes, other.iou_thresholds, other.stored_threshold) != (
-                self.num_classes, self.iou_thresholds, self.stored_threshold) or not np.array_equal(
-                other.thresholds, self.thresholds):
+        if other._settings() != self._settings() or not np.array_equal(other.thresholds, self.thresholds):
             raise ValueError("cannot merge accumulators with different settings")
         for name in self._COUNTS:
             getattr(self, name).__iadd__(getattr(other, name))
-        self.pxap.true_hist += other.pxap.true_hist
-        self.pxap.false_hist += other.pxap.false_hist
-        self.pxap.count += other.pxap.count
+        self.pxap.merge(other.pxap)
 
     # ------------------------------------------------------------------ results
 
     def _overall(self) -> dict[str, Any]:
         """Metrics over every class."""
-        rows = slice(None)
         n_images = int(self.n_images.sum())
         n_boxed = int(self.n_boxed.sum())
 
         def pct(count: Any, total: int) -> float | None:
-            return float(100.0 * count / total) if total else None
+            return float(100.0 * count / total) if total and count is not None else None
 
+        classified = self.classifies or None  # None: the label metrics are not computed
         out: dict[str, Any] = {
             "num_images": n_images,
             "num_images_with_boxes": n_boxed,
-            "top1_cls": pct(self.top1[rows].sum(), n_images),
-            "top5_cls": pct(self.top5[rows].sum(), n_images),
+            "top1_cls": pct(classified and self.top1.sum(), n_images),
+            "top5_cls": pct(classified and self.top5.sum(), n_images),
         }
         if n_boxed:
-            v1_curve = 100.0 * self.v1_hits[rows].sum(axis=0) / n_boxed
-            v2_curves = 100.0 * self.v2_hits[rows].sum(axis=0) / n_boxed  # (D, T)
-            loc_curve = 100.0 * self.loc_hits[rows].sum(axis=0) / n_boxed
+            v1_curve = 100.0 * self.v1_hits.sum(axis=0) / n_boxed
+            v2_curves = 100.0 * self.v2_hits.sum(axis=0) / n_boxed  # (D, T)
+            loc_curve = 100.0 * self.loc_hits.sum(axis=0) / n_boxed
             # The oracle τ of the Loc metrics: the one maximizing GT-known Loc (first maximum).
             oracle = int(np.argmax(loc_curve))
             out["max_box_acc_v1"] = float(v1_curve.max())
@@ -415,15 +396,13 @@ class LocalizationAccumulator:
             out["max_box_acc_v2"] = float(np.mean(per_delta))
             out["oracle_threshold"] = float(self.thresholds[oracle])
             out["gt_known_loc_oracle"] = float(loc_curve[oracle])
-            out["top1_loc_oracle"] = float(100.0 * self.top1_loc_hits[rows].sum(axis=0)[oracle] / n_boxed)
-            out["top5_loc_oracle"] = float(100.0 * self.top5_loc_hits[rows].sum(axis=0)[oracle] / n_boxed)
-            if self.stored_threshold is not None:
-                stored = self.stored_hits[rows].sum(axis=0)
-                out["gt_known_loc"] = pct(stored[0], n_boxed)
-                out["top1_loc"] = pct(stored[1], n_boxed)
-                out["top5_loc"] = pct(stored[2], n_boxed)
+            out["top1_loc_oracle"] = pct(classified and self.top1_loc_hits.sum(axis=0)[oracle], n_boxed)
+            out["top5_loc_oracle"] = pct(classified and self.top5_loc_hits.sum(axis=0)[oracle], n_boxed)
+            stored = self.stored_hits.sum(axis=0) if self.stored_threshold is not None else [None] * 3
+            out["gt_known_loc"] = pct(stored[0], n_boxed)
+            out["top1_loc"] = pct(classified and stored[1], n_boxed)
+            out["top5_loc"] = pct(classified and stored[2], n_boxed)
         return out
-
     def curves(self) -> dict[str, list[float]]:
         """BoxAcc (percent) at each threshold: ``v1`` and ``v2_iou<δ>`` for each δ."""
         n_boxed = int(self.n_boxed.sum())
@@ -436,21 +415,21 @@ class LocalizationAccumulator:
         return out
 
     def compute(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """Overall metrics, per-class metrics and BoxAcc curves.
+        """Overall metrics, per-class metrics (none without ``per_class``) and BoxAcc curves.
 
         Overall MaxBoxAcc values are maxima over the grid (each δ its own best τ, as
         wsolevaluation).  Per-class box metrics are read at the split's thresholds (the
         overall best τ of each metric's curve), so a class cannot pick its own oracle.
+        Metrics that are not computed (no classifier, no stored threshold) are None.
         """
         overall = self._overall()
         if self.pxap.count:
             overall["pxap"] = self.pxap.compute()
         overall["num_images_with_masks"] = self.pxap.count
-        if self.stored_threshold is not None:
-            overall["stored_threshold"] = float(self.stored_threshold)
+        overall["stored_threshold"] = None if self.stored_threshold is None else float(self.stored_threshold)
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
         per_class = {}
-        for c, name in enumerate(names):
+        for c, name in enumerate(names if self.per_class else ()):
             if not self.n_images[c]:
                 continue
             per_class[name] = self._per_class(c)
@@ -459,10 +438,14 @@ class LocalizationAccumulator:
 
     def _per_class(self, c: int) -> dict[str, Any]:
         n_boxed = int(self.n_boxed[c])
+
+        def pct(counts: np.ndarray, index: Any, total: int) -> float | None:
+            return float(100.0 * counts[index] / total) if self.classifies else None
+
         out: dict[str, Any] = {
             "num_images": int(self.n_images[c]),
-            "top1_cls": float(100.0 * self.top1[c] / self.n_images[c]),
-            "top5_cls": float(100.0 * self.top5[c] / self.n_images[c]),
+            "top1_cls": pct(self.top1, c, self.n_images[c]),
+            "top5_cls": pct(self.top5, c, self.n_images[c]),
         }
         total_boxed = int(self.n_boxed.sum())
         if not n_boxed or not total_boxed:
@@ -474,11 +457,11 @@ class LocalizationAccumulator:
         out["max_box_acc_v2"] = float(np.mean(
             [100.0 * self.v2_hits[c, d, t] / n_boxed for d, t in enumerate(v2_best)]))
         out["gt_known_loc_oracle"] = float(100.0 * self.loc_hits[c, loc_best] / n_boxed)
-        out["top1_loc_oracle"] = float(100.0 * self.top1_loc_hits[c, loc_best] / n_boxed)
+        out["top1_loc_oracle"] = pct(self.top1_loc_hits, (c, loc_best), n_boxed)
         if self.stored_threshold is not None:
             out["gt_known_loc"] = float(100.0 * self.stored_hits[c, 0] / n_boxed)
-            out["top1_loc"] = float(100.0 * self.stored_hits[c, 1] / n_boxed)
-            out["top5_loc"] = float(100.0 * self.stored_hits[c, 2] / n_boxed)
+            out["top1_loc"] = pct(self.stored_hits, (c, 1), n_boxed)
+            out["top5_loc"] = pct(self.stored_hits, (c, 2), n_boxed)
         return out
 
 

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from tedloc.pipeline import metrics
+from tedloc.pipeline import box_search, metrics
 from tedloc.pipeline.boxes import rescale_boxes
 
 
@@ -60,7 +60,7 @@ def choose_threshold(grid_maps: np.ndarray, pseudo_boxes: np.ndarray, *, input_s
     ious = np.empty((len(grid_maps), len(thresholds)))
     for n, grid_map in enumerate(np.asarray(grid_maps, np.float32)):
         scoremap = metrics.evaluation_map(grid_map, size, normalize=normalize, image_id=f"train map {n}")
-        ious[n] = metrics.best_ious(scoremap, boxes[n:n + 1].astype(np.int64), thresholds, multi_contour=False)
+        ious[n] = box_search.best_ious(scoremap, boxes[n:n + 1].astype(np.int64), thresholds, multi_contour=False)
     mean_iou = ious.mean(axis=0)
     iou50 = (ious >= 0.5).mean(axis=0)
     if criterion == "mean_iou":
