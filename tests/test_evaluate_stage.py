@@ -10,7 +10,7 @@ import pytest
 from tedloc.artifacts.store import ShardedReader
 from tedloc.configs.evaluate import Config
 from tedloc.errors import ConfigMismatchError, InputError
-from tedloc.pipeline import metrics
+from tedloc.pipeline import box_search, metrics
 from tedloc.pipeline.localizer import Localizer
 from tedloc.stages import evaluate
 from tests.helpers_data import make_wsol_tree
@@ -54,7 +54,7 @@ def test_outputs_and_metrics_recomputed_from_shards(setup):
     manifest = json.loads(manifest_path.read_text())
     assert manifest["format"] == "tedloc.evaluate" and manifest["num_images"] == 6
     results = json.loads((stage / "results.json").read_text())
-    assert set(results["methods"]) == {"tedloc", "cam_baseline"}
+    assert set(results["methods"]) == {"tedloc", "cam_baseline", "centre_prior"}
     assert results["methods"]["cam_baseline"]["label"] == "CAM baseline (GT-known map)"
     assert results["methods"]["cam_baseline"]["uses_label"] is True
     overall = results["methods"]["tedloc"]["overall"]
@@ -101,7 +101,7 @@ def test_outputs_and_metrics_recomputed_from_shards(setup):
             rec = records[image_id]
             gt = metrics.gt_boxes_at_eval_size(rec.boxes, (48, 40), 224)
             m = reader.read("map", image_id).astype(np.float32)
-            hits += metrics.best_ious(m, gt, grid, multi_contour=False) >= 0.5
+            hits += box_search.best_ious(m, gt, grid, multi_contour=False) >= 0.5
     assert overall["max_box_acc_v1"] == pytest.approx(100 * hits.max() / 6)
 
 

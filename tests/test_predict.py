@@ -99,7 +99,7 @@ def test_predict_after_the_real_pipeline(tmp_path):
     model = train_real_pipeline(workdir, root, save_tiny_clip(tmp_path / "clip"))
     evaluate.run(EvaluateConfig(num_workers=0, device="cpu", num_overlays=1), workdir=workdir)
     results = json.loads((workdir / "evaluate" / "results.json").read_text())
-    assert results["num_images"] == 4 and set(results["methods"]) == {"tedloc", "cam_baseline"}
+    assert results["num_images"] == 4 and set(results["methods"]) == {"tedloc", "cam_baseline", "centre_prior"}
 
     image = root / "images" / "test" / "0001.png"
     result = _run("--workdir", workdir, "predict", image)

@@ -40,6 +40,14 @@ OVERLAY_DIR = "overlays"
 SCOREMAP_DIR = "scoremaps"
 CURVE_PNG = "boxacc_curve.png"
 
+#: Method key -> row label, in table order.
+METHOD_LABELS: dict[str, str] = {
+    "tedloc": "TeD-Loc (class-agnostic map)",
+    "cam_baseline": "CAM baseline (GT-known map)",
+    "centre_prior": "Centre prior (no learning)",
+}
+#: Method key -> the short name of pictures (curve legends, overlay captions).
+METHOD_SHORT_NAMES: dict[str, str] = {"tedloc": "TeD-Loc", "cam_baseline": "CAM", "centre_prior": "Centre prior"}
 #: Metric key -> column title, in table order.
 METRIC_COLUMNS: dict[str, str] = {
     "top1_cls": "Top-1 Cls",
@@ -69,12 +77,53 @@ PER_CLASS_COLUMNS: dict[str, str] = {
 }
 
 
-def _fmt(value: Any) -> str:
+#: The columns of the by-group tables (keys of a group's metrics).
+GROUP_COLUMNS: dict[str, str] = {
+    "num_images": "images",
+    "max_box_acc_v2": "MaxBoxAccV2",
+    "top1_loc": "Top-1 Loc",
+    "gt_known_loc": "GT-known Loc",
+    "pxap": "PxAP",
+}
+#: Group family -> table title.
+GROUP_TITLES: dict[str, str] = {
+    "by_box_fraction": "By object size (largest GT box / image area)",
+    "by_num_boxes": "By number of GT boxes",
+}
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    """A table cell: "–" for a value not computed, floats with ``digits`` decimals."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.{digits}f}"
     return str(value)
+
+
+def ordered_methods(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(key, method)`` of ``results["methods"]`` in table order (:data:`METHOD_LABELS`'s,
+    unknown keys last): results.json stores them in sorted-key order."""
+    methods = results["methods"]
+    order = [k for k in METHOD_LABELS if k in methods] + sorted(k for k in methods if k not in METHOD_LABELS)
+    return [(key, methods[key]) for key in order]
+
+
+def group_table(results: Mapping[str, Any], family: str, *, digits: int = 2) -> list[str]:
+    """Markdown lines of one group family (``"by_box_fraction"`` or ``"by_num_boxes"``):
+    a row per method × group, :data:`GROUP_COLUMNS` as columns; [] when no method has it."""
+    keys = results.get("conventions", {}).get("groups", {}).get(family)
+    rows = []
+    for _, method in ordered_methods(results):
+        groups = method.get(family)
+        if not groups:
+            continue
+        for key in keys or list(groups):
+            values = groups.get(key, {})
+            rows.append([method["label"], key] + [_fmt(values.get(k), digits) for k in GROUP_COLUMNS])
+    if not rows:
+        return []
+    return _table(["Method", "group"] + list(GROUP_COLUMNS.values()), rows)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -83,8 +132,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+_GROUP_NOTES = {
+    "by_box_fraction": "Images binned by the share of the image's area that its largest GT box covers "
+                       "(original pixels, (x1 - x0 + 1)(y1 - y0 + 1) / (width·height)); each bin holds its "
+                       "lower edge, not its upper one.  Images without boxes are in no group.  Within a "
+                       "group, Top-1 and GT-known Loc are at the method's stored threshold; MaxBoxAcc and "
+                       "the oracle τ are the group's own best.",
+    "by_num_boxes": "Images with one GT box and with several.  Images without boxes are in no group.",
+}
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
-    """``results.md``: one row per method × metric columns, then a per-class table per method."""
+    """``results.md``: one row per method × metric columns, the by-group tables (method ×
+    group), then a per-class table per method."""
     methods: Mapping[str, Any] = results["methods"]
     columns = [k for k in METRIC_COLUMNS
                if any(k in m["overall"] and m["overall"][k] is not None for m in methods.values())]
@@ -96,7 +156,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         + (f", {len(results.get('skipped', {}))} skipped" if results.get("skipped") else "")
         + ". All values in %.  Top-1/Top-5/GT-known Loc without a mark are at the method's stored "
           "(non-oracle) threshold; \"oracle τ\" columns use the threshold that maximizes GT-known Loc "
-          "on this split.",
+          "on this split.  – marks a value not computed"
+        + (": the centre prior has no classifier (no Cls, no Top-1/Top-5 Loc) and no threshold chosen "
+           "without ground truth (GT-known Loc at the oracle τ only)." if "centre_prior" in methods else "."),
         f"Conventions: maps and boxes at {conv.get('eval_size')}×{conv.get('eval_size')}, threshold grid "
         f"step {conv.get('cam_curve_interval')}, MaxBoxAccV2 over IoU {conv.get('iou_thresholds')}, "
         f"Loc at IoU {conv.get('loc_iou')} "
@@ -105,13 +167,17 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     ]
     header = ["Method", "uses GT label for the map", "stored τ", "oracle τ"] + [METRIC_COLUMNS[k] for k in columns]
     rows = []
-    for method in methods.values():
+    for _, method in ordered_methods(results):
         overall = method["overall"]
         rows.append([method["label"], "yes" if method.get("uses_label") else "no",
                      _fmt(overall.get("stored_threshold")), _fmt(overall.get("oracle_threshold"))]
                     + [_fmt(overall.get(k)) for k in columns])
     lines += _table(header, rows)
-    for method in methods.values():
+    for family, title in GROUP_TITLES.items():
+        table = group_table(results, family)
+        if table:
+            lines += ["", f"## {title}", "", _GROUP_NOTES[family], ""] + table
+    for _, method in ordered_methods(results):
         per_class = method.get("per_class", {})
         if not per_class:
             continue

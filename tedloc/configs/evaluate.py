@@ -24,10 +24,15 @@ class Config(StageConfig):
     """Configuration of the evaluate stage."""
 
     # The dataset enters the identity by content (ids, labels, boxes, masks: see
-    # stages/evaluate.py), so moving its folder keeps the results.  The rest do not change
-    # any number.
+    # stages/evaluate.py), so moving its folder keeps the results.  The maps do not depend
+    # on the rest: resources, outputs, and report-only choices (groups, the centre prior),
+    # which the manifest records; a finished run asked for other values rewrites its
+    # report from the shards.
     NOT_HASHED = frozenset({"dataset", "batch_size", "num_workers", "device", "shard_size", "cpu_keep_freed_memory",
-                            "num_overlays", "export_scoremaps"})
+                            "num_overlays", "export_scoremaps", "box_fraction_bins", "centre_prior",
+                            "centre_prior_sigma"})
+    #: The NOT_HASHED fields that change results.json (compared with the manifest's).
+    REPORT_FIELDS = ("box_fraction_bins", "centre_prior", "centre_prior_sigma")
     SECTION = "evaluate"
     PATH_FIELDS = {"dataset": "dataset"}
 
@@ -64,6 +69,20 @@ class Config(StageConfig):
     # Min-max normalize each upsampled map (wsolevaluation's normalize_scoremap).
     normalize_maps: bool = option(True, "Min-max normalize each map after bicubic upsampling (constant -> zeros).")
 
+    # --- results by group and the centre prior (report only: the maps do not change) ----
+    # Images grouped by the share of the image's area its largest GT box covers (original
+    # pixels, "+1" areas); bins [0, e1), [e1, e2), ..., [en, ∞), lower edge included.  The
+    # defaults: small (< 5% of the image), medium, large and dominant (≥ 30%) objects.
+    box_fraction_bins: tuple[float, ...] = option(
+        (0.05, 0.15, 0.30), "Edges of the by-box-fraction groups (largest GT box area / image area).")
+    # A centred Gaussian as a method without learning: what a centred guess already scores.
+    centre_prior: bool = option(True, "Also evaluate the centre prior (a centred Gaussian map, no learning).")
+    # σ in units of the side.  At 224 px, 0.25 makes the 100 thresholds give 82 distinct
+    # centred boxes, from 15 px (τ = 0.99) to the whole image (τ ≤ 0.11), so every object
+    # size has a box near it; σ = 0.1 never reaches boxes above 45% of the image, σ = 0.4
+    # spends a third of the thresholds on the whole image (the range 0.18-0.27 is as good).
+    centre_prior_sigma: float = option(0.25, "Standard deviation of the centre prior, in units of the image side.")
+
     # --- outputs -----------------------------------------------------------------------
     # Overlays (map, predicted box green, GT box red) of a sample spread over the split.
     num_overlays: int = option(16, "Number of overlay PNGs written to evaluate/overlays/.")
@@ -95,6 +114,11 @@ class Config(StageConfig):
         for name in ("v1_iou", "loc_iou"):
             if not 0 < getattr(self, name) <= 100:
                 raise ConfigError(f"evaluate: {name} must be a percentage in (0, 100]")
+        edges = self.box_fraction_bins
+        if not edges or edges[0] <= 0 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ConfigError(f"evaluate: box_fraction_bins must be increasing and above 0, got {edges}")
+        if self.centre_prior_sigma <= 0:
+            raise ConfigError(f"evaluate: centre_prior_sigma must be above 0, got {self.centre_prior_sigma}")
         if self.baseline_threshold is not None and not 0 <= self.baseline_threshold < 1:
             raise ConfigError(f"evaluate: baseline_threshold must be in [0, 1), got {self.baseline_threshold}")
         for name in ("eval_size", "batch_size", "shard_size"):

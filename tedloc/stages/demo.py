@@ -74,21 +74,29 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False,
 
 
 def summary_table(results: Mapping[str, Any]) -> str:
-    """Markdown table: each method (TeD-Loc, the CAM baseline) × the demo's headline metrics."""
+    """Markdown table: each method (TeD-Loc, the CAM baseline, the centre prior) × the demo's
+    headline metrics, the margin of TeD-Loc over the CAM baseline, then the by-size table
+    (method × box-fraction group)."""
+    from tedloc.artifacts.evaluate import group_table, ordered_methods
+
     header = ["Method", "map uses GT label"] + list(SUMMARY_COLUMNS.values())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    # TeD-Loc first, then the baselines (results.json keeps methods in sorted-key order).
-    methods = sorted(results["methods"].values(), key=lambda m: bool(m.get("uses_label")))
-    for method in methods:
+    for _, method in ordered_methods(results):
         overall = method["overall"]
         cells = []
         for key in SUMMARY_COLUMNS:
             value = overall.get(key)
             cells.append("–" if value is None else f"{value:.1f}")
         lines.append("| " + " | ".join([method["label"], "yes" if method.get("uses_label") else "no", *cells]) + " |")
-    if len(methods) == 2:
-        ours, base = methods[0]["overall"], methods[1]["overall"]
-        margins = [f"{title} {ours[key] - base[key]:+.1f}" for key, title in SUMMARY_COLUMNS.items()
-                   if ours.get(key) is not None and base.get(key) is not None]
-        lines.append(f"\n{methods[0]['label']} minus {methods[1]['label']}: " + ", ".join(margins))
+    methods = results["methods"]
+    if "tedloc" in methods and "cam_baseline" in methods:
+        ours, base = methods["tedloc"], methods["cam_baseline"]
+        margins = [f"{title} {ours['overall'][key] - base['overall'][key]:+.1f}"
+                   for key, title in SUMMARY_COLUMNS.items()
+                   if ours["overall"].get(key) is not None and base["overall"].get(key) is not None]
+        lines.append(f"\n{ours['label']} minus {base['label']}: " + ", ".join(margins))
+    by_size = group_table(results, "by_box_fraction", digits=1)
+    if by_size:
+        lines += ["", "By object size (largest GT box / image area; Loc at each method's stored threshold):", ""]
+        lines += by_size
     return "\n".join(lines)

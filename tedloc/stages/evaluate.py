@@ -1,12 +1,14 @@
-"""Evaluate stage: the trained localizer (and a CAM baseline) scored on a labelled split.
+"""Evaluate stage: the trained localizer (beside a CAM baseline and a centre prior) scored
+on a labelled split.
 
 Two phases, so that the expensive one is resumable and the cheap one reproducible:
 
 1. **Maps** (resumable shards, ``tedloc.evaluate``): for each image, the localizer's class
    logits and map, and the CAM baseline's logits and GT-class map, upsampled to the
    evaluation size and min–max normalized (wsolevaluation), stored as float16.
-2. **Report**, always recomputed from the shards (seconds for thousands of images): the
-   metrics of :mod:`tedloc.pipeline.metrics`, ``results.json`` / ``results.md``,
+2. **Report**, always recomputed from the shards (seconds for thousands of images,
+   :mod:`tedloc.stages.evaluate_report`): the metrics of :mod:`tedloc.pipeline.metrics`
+   over the split, per class and by group, ``results.json`` / ``results.md``,
    ``predictions.jsonl``, overlays, the BoxAcc curve and optional score-map exports.
 
 Identity: ``config_hash`` of the evaluate config; ``upstream_hash`` = hash of the train
@@ -16,16 +18,12 @@ model or dataset is never mixed with old maps.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import json
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from tedloc.artifacts import evaluate as files
@@ -34,7 +32,6 @@ from tedloc.artifacts.store import (
     MANIFEST,
     SHARD_DIR,
     ArtifactHeader,
-    ShardedReader,
     ShardedWriter,
     read_manifest,
 )
@@ -44,17 +41,13 @@ from tedloc.data.classes import match_classes, remap_records
 from tedloc.data.records import Dataset, Record
 from tedloc.errors import ArtifactError, ConfigError, InputError
 from tedloc.paths import absolute_dataset_spec, recorded_dataset
-from tedloc.pipeline import metrics, render
-from tedloc.pipeline.boxes import boxes_in_original
+from tedloc.pipeline import metrics
+from tedloc.stages.evaluate_report import ReportInputs, compute_report
 
 log = logging.getLogger(__name__)
 
 TRAIN_FORMAT = "tedloc.train"
 PSEUDO_FORMAT = "tedloc.pseudo_labels"
-METHOD_LABELS = {
-    "tedloc": "TeD-Loc (class-agnostic map)",
-    "cam_baseline": "CAM baseline (GT-known map)",
-}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -276,276 +269,6 @@ def check_boxes_inside(dataset: Dataset, record: Record, size: tuple[int, int]) 
                                    f"{width}x{height} image", line)
 
 
-# ----------------------------------------------------------------------------- phase 2: report
-
-@dataclasses.dataclass
-class ReportInputs:
-    """What the report needs besides the shards: the split, class names and thresholds."""
-
-    dataset: Dataset
-    records: list[Record]
-    class_names: list[str]
-    stored_threshold: float
-    baseline_threshold: float
-    checkpoint: str
-    #: dataset label k -> model class label_map[k] when the dataset lists the model's
-    #: classes in another order (``records`` are mapped already); None when they agree.
-    label_map: list[int] | None = None
-
-
-def _eval_mask(mask: np.ndarray | None, size: int) -> np.ndarray | None:
-    """bool (H, W) mask -> bool (size, size), nearest neighbour (wsolevaluation)."""
-    if mask is None:
-        return None
-    return cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
-
-
-@dataclasses.dataclass
-class _Scored:
-    """One image's per-image outcome, sent back from a scoring worker."""
-
-    image_id: str
-    label: int
-    image_size: tuple[int, int]
-    logits: dict[str, np.ndarray]
-    results: dict[str, metrics.ImageResult]
-
-
-def _read_maps(reader: ShardedReader, image_id: str, has_baseline: bool) -> dict[str, np.ndarray]:
-    maps = {"tedloc": reader.read("map", image_id).astype(np.float32)}
-    if has_baseline:
-        maps["cam_baseline"] = reader.read("cam_map", image_id).astype(np.float32)
-    return maps
-
-
-#: The shard reader of a scoring worker process, opened once by :func:`_open_worker_reader`.
-_WORKER_READER: ShardedReader | None = None
-
-
-def _open_worker_reader(stage_dir: Path) -> None:
-    global _WORKER_READER
-    _WORKER_READER = ShardedReader(stage_dir, files.FORMAT, allow_partial=True)
-
-
-def _score_chunk(stage_dir: Path, size: int, accs: dict[str, metrics.LocalizationAccumulator],
-                 dataset: Dataset, records: Sequence[Record], reader: ShardedReader | None = None
-                 ) -> tuple[dict[str, metrics.LocalizationAccumulator], list[_Scored]]:
-    """Score ``records`` from the shards into fresh accumulators shaped like ``accs``.
-
-    Runs in a worker process (reading through the worker's reader) or in the caller (its
-    ``reader``); returns the counts and the per-image outcomes, so that the caller merges
-    and writes in the split's order.  ``dataset`` only loads masks (its records may be empty).
-    """
-    reader = reader or _WORKER_READER
-    if reader is None:
-        raise RuntimeError("no shard reader")
-    fresh = {key: acc.empty_like() for key, acc in accs.items()}
-    scored = []
-    has_baseline = "cam_baseline" in fresh
-    for record in records:
-        image_id = record.image_id
-        label = int(reader.read("label", image_id))
-        if label != record.label:
-            raise ArtifactError(f"{stage_dir}: stored label {label} of {image_id!r} differs from the "
-                                f"dataset's {record.label}; rerun with --overwrite")
-        width, height = (int(v) for v in reader.read("image_size", image_id))
-        gt = metrics.gt_boxes_at_eval_size(record.boxes, (width, height), size) if len(record.boxes) else None
-        foreground = ignore = None
-        if record.mask_path is not None or record.mask_paths:
-            fg, ig = dataset.load_mask(record)
-            foreground, ignore = _eval_mask(fg, size), _eval_mask(ig, size)
-        maps = _read_maps(reader, image_id, has_baseline)
-        logits = {"tedloc": reader.read("class_logits", image_id)}
-        if has_baseline:
-            logits["cam_baseline"] = reader.read("cam_class_logits", image_id)
-        try:
-            results = {key: acc.add(maps[key], logits[key], label, gt, image_id=image_id,
-                                    foreground=foreground, ignore=ignore)
-                       for key, acc in fresh.items()}
-        except ValueError as exc:  # a damaged shard: NaN or out-of-range values
-            raise ArtifactError(f"{stage_dir}: {exc}; rerun with --overwrite") from None
-        scored.append(_Scored(image_id, label, (width, height), logits, results))
-    return fresh, scored
-
-
-def _scored_chunks(stage_dir: Path, size: int, accs: dict[str, metrics.LocalizationAccumulator],
-                   dataset: Dataset, records: Sequence[Record], num_workers: int, reader: ShardedReader):
-    """Yield ``_score_chunk`` outcomes in the split's order, computed by ``num_workers``
-    processes (0: in this process, with ``reader``).  Contour extraction is CPU-bound:
-    processes scale it."""
-    # Enough chunks to balance the workers, few enough to keep per-chunk overhead small.
-    chunk = max(1, min(64, -(-len(records) // (4 * max(1, num_workers)))))
-    chunks = [records[i:i + chunk] for i in range(0, len(records), chunk)]
-    if num_workers <= 0 or len(chunks) < 2:
-        for part in chunks:
-            yield _score_chunk(stage_dir, size, accs, dataset, part, reader)
-        return
-    from tedloc.pipeline.workers import process_pool
-
-    # Workers get the dataset without its record list (masks are loaded per record), so
-    # that a large split is not pickled once per chunk.
-    light = dataclasses.replace(dataset, records=[])
-    # spawn: the parent may hold torch/OpenCV threads, which do not survive a fork safely.
-    with process_pool(min(num_workers, len(chunks)), start_method="spawn",
-                      initializer=_open_worker_reader, initargs=(stage_dir,)) as pool:
-        # A bounded window of chunks in flight: results are consumed in order, memory stays small.
-        window = 4 * num_workers
-        futures = collections.deque(pool.submit(_score_chunk, stage_dir, size, accs, light, part)
-                                    for part in chunks[:window])
-        for part in chunks[window:]:
-            yield futures.popleft().result()
-            futures.append(pool.submit(_score_chunk, stage_dir, size, accs, light, part))
-        while futures:
-            yield futures.popleft().result()
-
-
-def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dict[str, Any]:
-    """Phase 2: metrics and every report file, from the shards in ``stage_dir``.
-
-    Returns the results dict (also written as ``results.json``).  The numbers do not depend
-    on ``config.num_workers`` (counts are summed).
-    """
-    from tqdm import tqdm
-
-    started = time.perf_counter()
-    size = config.eval_size
-    thresholds = metrics.threshold_grid(config.cam_curve_interval)
-    names = inputs.class_names
-    common = dict(iou_thresholds=config.iou_thresholds, v1_iou=config.v1_iou, loc_iou=config.loc_iou,
-                  loc_multi_contour=config.loc_multi_contour)
-    with ShardedReader(stage_dir, files.FORMAT, allow_partial=True) as reader:
-        has_baseline = reader.has("cam_map")
-        accs = {"tedloc": metrics.LocalizationAccumulator(len(names), thresholds,
-                                                          stored_threshold=inputs.stored_threshold, **common)}
-        if has_baseline:
-            accs["cam_baseline"] = metrics.LocalizationAccumulator(
-                len(names), thresholds, stored_threshold=inputs.baseline_threshold, **common)
-        records = [r for r in inputs.records if r.image_id in reader]
-        skipped = {k: v for k, v in reader.skipped.items() if k not in reader}
-        by_id = {r.image_id: r for r in records}
-        overlay_ids = _overlay_sample([r.image_id for r in records], config.num_overlays)
-        scoremap_root = stage_dir / files.SCOREMAP_DIR
-        overlay_dir = stage_dir / files.OVERLAY_DIR
-        for old in overlay_dir.glob("*.png") if overlay_dir.is_dir() else ():
-            old.unlink()  # a rerun with another sample size must not leave stale pictures
-        with files.jsonl_writer(stage_dir / files.PREDICTIONS) as predictions, \
-                tqdm(total=len(records), desc="evaluate: metrics", unit="img") as bar:
-            for part_accs, scored in _scored_chunks(stage_dir, size, accs, inputs.dataset, records,
-                                                    config.num_workers, reader):
-                for key, acc in accs.items():
-                    acc.merge(part_accs[key])
-                for item in scored:
-                    record = by_id[item.image_id]
-                    files.write_jsonl_line(predictions, _prediction_line(
-                        record, item.label, item.logits["tedloc"], item.results["tedloc"], names,
-                        inputs.stored_threshold, item.image_size, size))
-                    if config.export_scoremaps or item.image_id in overlay_ids:
-                        maps = _read_maps(reader, item.image_id, has_baseline)
-                    if config.export_scoremaps:
-                        files.save_scoremap(scoremap_root, item.image_id, maps["tedloc"])
-                    if item.image_id in overlay_ids:
-                        picture = _overlay_picture(inputs.dataset, record, maps, item.results, item.logits, names,
-                                                   item.image_size, size, config.loc_multi_contour)
-                        files.write_png(overlay_dir / files.overlay_name(overlay_ids[item.image_id], item.image_id),
-                                        picture)
-                bar.update(len(scored))
-
-    methods = {}
-    for key, acc in accs.items():
-        computed = acc.compute(names)
-        methods[key] = {"label": METHOD_LABELS[key], "uses_label": key == "cam_baseline", **computed}
-    results = {
-        "format": files.FORMAT,
-        "dataset": inputs.dataset.spec,
-        "split": inputs.dataset.split,
-        "checkpoint": inputs.checkpoint,
-        "num_images": len(records),
-        "skipped": skipped,
-        "class_names": names,
-        **({"dataset_class_names": list(inputs.dataset.class_names), "label_map": inputs.label_map}
-           if inputs.label_map is not None else {}),
-        "conventions": {
-            "eval_size": size, "cam_curve_interval": config.cam_curve_interval,
-            "num_thresholds": len(thresholds), "iou_thresholds": list(config.iou_thresholds),
-            "v1_iou": config.v1_iou, "loc_iou": config.loc_iou,
-            "loc_multi_contour": config.loc_multi_contour, "normalize_maps": config.normalize_maps,
-            "oracle_threshold": "the grid threshold maximizing GT-known Loc on this split",
-        },
-        "methods": methods,
-    }
-    files.write_results(stage_dir, results)
-    _write_curve(stage_dir, results, inputs.stored_threshold)
-    log.info("evaluate: metrics of %d images in %.1f s", len(records), time.perf_counter() - started)
-    return results
-
-
-def _overlay_sample(ids: Sequence[str], count: int) -> dict[str, int]:
-    """``count`` ids spread evenly over ``ids`` (deterministic) -> their rank."""
-    if not ids or count <= 0:
-        return {}
-    picks = np.unique(np.linspace(0, len(ids) - 1, min(count, len(ids))).round().astype(int))
-    return {ids[i]: rank for rank, i in enumerate(picks)}
-
-
-def _prediction_line(record: Record, label: int, logits: np.ndarray, result: metrics.ImageResult,
-                     names: Sequence[str], threshold: float, image_size: tuple[int, int],
-                     size: int) -> dict[str, Any]:
-    _, top5 = metrics.ranked_classes(logits, names)
-    return {
-        "image_id": record.image_id,
-        "label": label,
-        "label_name": names[label],
-        "class": top5[0]["class"],
-        "class_name": top5[0]["class_name"],
-        "score": top5[0]["score"],
-        "top5": top5,
-        "threshold": threshold,
-        "boxes": boxes_in_original(result.boxes, size, image_size),
-        "box": (boxes_in_original(result.box, size, image_size) or [None])[0],
-        "iou": None if result.iou is None else round(result.iou, 4),
-        "image_size": list(image_size),
-    }
-
-
-def _overlay_picture(dataset: Dataset, record: Record, maps: dict[str, np.ndarray],
-                     results: dict[str, metrics.ImageResult], logits: dict[str, np.ndarray],
-                     names: Sequence[str], image_size: tuple[int, int], size: int,
-                     multi_contour: bool) -> np.ndarray:
-    """TeD-Loc overlay (and the CAM baseline's beside it): map, predicted box(es) at the stored
-    threshold green (the Loc metrics' boxes), GT boxes red."""
-    try:
-        image = dataset.load_image(record)
-    except InputError as exc:  # the image was readable in phase 1; say so rather than stop
-        log.warning("overlay of %s left out: %s", record.image_id, exc)
-        image = np.zeros((image_size[1], image_size[0], 3), np.uint8)
-    panels = []
-    for key, scoremap in maps.items():
-        result = results[key]
-        pred = int(np.argmax(logits[key]))
-        caption = f"{'TeD-Loc' if key == 'tedloc' else 'CAM (GT)'}: {names[pred]}"
-        boxes = boxes_in_original(result.boxes if multi_contour else result.box, size, image_size)
-        panels.append(render.overlay(image, scoremap, caption=caption,
-                                     pred_boxes=np.asarray(boxes).reshape(-1, 4), gt_boxes=record.boxes))
-    return np.concatenate(panels, axis=1) if len(panels) > 1 else panels[0]
-
-
-def _write_curve(stage_dir: Path, results: dict[str, Any], stored_threshold: float) -> None:
-    curves: dict[str, list[float]] = {}
-    for key, method in results["methods"].items():
-        short = "TeD-Loc" if key == "tedloc" else "CAM"
-        for name, values in method.get("curves", {}).items():
-            if key != "tedloc" and name != "v1":
-                continue  # keep the plot readable: the baseline's V1 curve only
-            label = "V1" if name == "v1" else name.replace("v2_iou", "V2 IoU")
-            curves[f"{short} {label}"] = values
-    if not curves:
-        return
-    thresholds = results["methods"]["tedloc"]["thresholds"]
-    picture = render.curve_plot(thresholds, curves, markers={"stored": stored_threshold},
-                                title=f"BoxAcc vs. threshold ({results['dataset']} / {results['split']})"[:70])
-    files.write_png(stage_dir / files.CURVE_PNG, picture)
-
-
 # ----------------------------------------------------------------------------- the stage
 
 def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
@@ -590,7 +313,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
             if not _outputs_missing(stage_dir, config):
                 log.info("evaluate: finished results in %s match this config; nothing to do", stage_dir)
                 return writer.manifest_path
-            log.info("evaluate: rewriting the report (requested outputs are missing)")
+            log.info("evaluate: rewriting the report (requested outputs or report settings differ)")
         pending = writer.pending(ids)
         if pending:
             log.info("evaluate: %d of %d images to run (%d done)", len(pending), len(ids), len(ids) - len(pending))
@@ -606,7 +329,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
             "train_identity": train_identity,
             "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
             "num_overlays": config.num_overlays, "export_scoremaps": config.export_scoremaps,
-            "summary": summary,
+            "report_settings": _report_settings(config), "summary": summary,
             "outputs": [files.RESULTS_JSON, files.RESULTS_MD, files.PREDICTIONS, files.CURVE_PNG,
                         files.OVERLAY_DIR] + ([files.SCOREMAP_DIR] if config.export_scoremaps else []),
         })
@@ -624,11 +347,18 @@ def _report_files(stage_dir: Path) -> list[str]:
                   and not p.name.endswith(TMP_SUFFIX) and p.relative_to(stage_dir).parts[0] != SHARD_DIR)
 
 
+def _report_settings(config: Config) -> dict[str, Any]:
+    """The report-only settings (not hashed: the maps do not depend on them), as JSON."""
+    return {name: value for name, value in config.to_dict().items() if name in Config.REPORT_FIELDS}
+
+
 def _outputs_missing(stage_dir: Path, config: Config) -> bool:
-    """A finished run asked for outputs it did not write (NOT_HASHED output options)."""
+    """A finished run asked for outputs it did not write, or made its report with other
+    report settings (NOT_HASHED options): its report is rewritten from the shards."""
     manifest = read_manifest(stage_dir, files.FORMAT)
     if config.export_scoremaps and not (stage_dir / files.SCOREMAP_DIR).is_dir():
         return True
     if not all((stage_dir / name).is_file() for name in (files.RESULTS_JSON, files.RESULTS_MD, files.PREDICTIONS)):
         return True
-    return manifest.get("num_overlays") != config.num_overlays
+    return (manifest.get("num_overlays") != config.num_overlays
+            or manifest.get("report_settings") != _report_settings(config))
