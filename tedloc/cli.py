@@ -253,7 +253,7 @@ def demo_command(
         None, "--dataset", help="Dataset spec [default: the [demo] table's, else the bundled demo data]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute stages whose results differ."),
 ) -> None:
-    """Run every stage on the bundled demo data and print TeD-Loc next to the CAM baseline."""
+    """Run every stage on the bundled demo data and print TeD-Loc next to the CAM baseline and the centre prior."""
     import time
 
     from tedloc.configs.demo import Config

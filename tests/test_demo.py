@@ -17,7 +17,9 @@ def test_quick_demo_runs_end_to_end_and_reruns_instantly(tmp_path):
     result = runner.invoke(app, ["--log-level", "WARNING", "-w", str(workdir), "demo", "--quick"])
     assert result.exit_code == 0, result.output
     assert "| TeD-Loc" in result.output and "| CAM baseline" in result.output
+    assert "| Centre prior (no learning) | no |" in result.output
     assert "MaxBoxAccV2" in result.output
+    assert "By object size" in result.output and "| TeD-Loc (class-agnostic map) | >=0.30 |" in result.output
 
     for stage in ("text_embed", "pseudo_labels", "train", "evaluate"):
         manifest = json.loads((workdir / stage / "manifest.json").read_text())
@@ -25,9 +27,13 @@ def test_quick_demo_runs_end_to_end_and_reruns_instantly(tmp_path):
     evaluate = workdir / "evaluate"
     results = json.loads((evaluate / "results.json").read_text())
     assert results["num_images"] == 48
-    for method in results["methods"].values():
-        for key in ("max_box_acc_v2", "top1_loc", "gt_known_loc", "pxap", "top1_cls"):
-            assert 0.0 <= method["overall"][key] <= 100.0, (method["label"], key)
+    for key, method in results["methods"].items():
+        # The centre prior has no classifier and no threshold chosen without GT.
+        computed = ("max_box_acc_v2", "pxap") + (("top1_loc", "gt_known_loc", "top1_cls")
+                                                  if key != "centre_prior" else ())
+        for name in computed:
+            assert 0.0 <= method["overall"][name] <= 100.0, (method["label"], name)
+        assert sum(g["num_images"] for g in method["by_box_fraction"].values()) == 48
     predictions = (evaluate / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == 48
     assert len(list((evaluate / "overlays").glob("*.png"))) > 0
