@@ -31,6 +31,8 @@ BAD_NUMBERS = [
     ("evaluate", "--cam-curve-interval", "nan", ["--cam-curve-interval", "finite"]),
     ("evaluate", "--baseline-threshold", "inf", ["--baseline-threshold", "finite"]),
     ("evaluate", "--batch-size", "-1", ["batch_size must be at least 1, got -1"]),
+    ("evaluate", "--box-fraction-bins", "0", ["box_fraction_bins must be increasing and above 0"]),
+    ("evaluate", "--centre-prior-sigma", "0", ["centre_prior_sigma must be above 0, got 0.0"]),
     ("text-embed", "--batch-size", "0", ["batch_size must be at least 1"]),
     ("train", "--device", "gpu", ["device must be cpu, cuda, cuda:N, mps or auto", "'gpu'"]),
 ]
