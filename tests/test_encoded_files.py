@@ -198,13 +198,22 @@ def test_close_in_background_publishes_the_file_when_its_future_is_done(tmp_path
         writer.close_in_background()
 
 
+def _misaligned_rows(n: int) -> np.ndarray:
+    """float16 (n, 3, 7, 200) rows none of which starts on a page: 2 bytes past a page, then
+    steps of 8400 bytes (8400 % 4096 = 208), so that they can never be written directly
+    (a plain array's rows land wherever the allocator puts them, on a page now and then)."""
+    backing = aligned_rows(1, (n * 3 * 7 * 200 + 1,), np.float16).reshape(-1)
+    return backing[1:].reshape(n, 3, 7, 200)
+
+
 def _big_batch(start: int, n: int, buffer: np.ndarray | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Rows of 8400 bytes (two 4 KiB blocks and a 208-byte rest), in ``buffer`` if given."""
+    """Rows of 8400 bytes (two 4 KiB blocks and a 208-byte rest), in ``buffer`` if given, else
+    in rows that start off a page (:func:`_misaligned_rows`)."""
     rng = np.random.default_rng(start)
     grids = rng.random((n, 3, 7, 200)).astype(np.float16)
-    if buffer is not None:
-        buffer[:n] = grids
-        grids = buffer[:n]
+    buffer = _misaligned_rows(n) if buffer is None else buffer
+    buffer[:n] = grids
+    grids = buffer[:n]
     return [f"img{start + i}" for i in range(n)], {
         "label": np.zeros(n, np.int64), "image_size": np.full((n, 2), 7, np.int32),
         "pooled": np.zeros((n, 5), np.float32), "features": grids}
