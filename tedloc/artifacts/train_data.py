@@ -49,6 +49,8 @@ class PseudoLabelIndex:
         labels: int64 (N,).
         cams: float32 (N, h, w) maps in [0, 1].
         pseudo_boxes: float32 (N, 4) ``x0y0x1y1`` at ``input_size``×``input_size``.
+        box_threshold: the map level (relative to its peak) the pseudo boxes were drawn at;
+            None when the manifest does not say.
         image_sizes: int32 (N, 2) original (width, height).
         encoder: the encoder spec; input_size: S; grid: (h, w); feature_dim: c.
         has_features / has_flip_features: whether the shards cache the grids.
@@ -64,6 +66,7 @@ class PseudoLabelIndex:
     cams: np.ndarray
     pseudo_boxes: np.ndarray
     image_sizes: np.ndarray
+    box_threshold: float | None
     encoder: str
     input_size: int
     grid: tuple[int, int]
@@ -78,6 +81,13 @@ class PseudoLabelIndex:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def region_level(self) -> float:
+        """The level of the maps' object region: the pseudo boxes' (ArtifactError without one)."""
+        if self.box_threshold is None:
+            raise ArtifactError(f"{self.directory / 'manifest.json'}: no box_threshold recorded, "
+                                "so the maps' region is unknown (rerun pseudo-labels)")
+        return self.box_threshold
 
     def feature_bytes(self, with_flip: bool) -> int:
         """Bytes of the float16 features in memory (twice with the flipped copy)."""
@@ -128,6 +138,7 @@ def read_pseudo_label_index(workdir_or_dir: str | Path) -> PseudoLabelIndex:
         return PseudoLabelIndex(
             directory=where, ids=list(reader.ids), labels=labels, cams=np.clip(cams, 0.0, 1.0),
             pseudo_boxes=boxes, image_sizes=sizes,
+            box_threshold=_number(manifest.get("box_threshold", config.get("box_threshold"))),
             encoder=str(manifest.get("encoder") or config.get("encoder")),
             input_size=int(manifest.get("input_size") or config.get("input_size")),
             grid=(int(grid[0]), int(grid[1])), feature_dim=feature_dim,
@@ -140,6 +151,10 @@ def read_pseudo_label_index(workdir_or_dir: str | Path) -> PseudoLabelIndex:
             split=str(manifest.get("split") or config.get("split") or "train"),
             identity=reader.identity,
         )
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def labels_in_anchor_order(index: PseudoLabelIndex, text: TextEmbedArtifact) -> np.ndarray:

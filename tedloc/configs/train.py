@@ -57,9 +57,10 @@ class Config(StageConfig):
     p_bg: float = option(0.3, "BG patches are drawn among this bottom fraction of map values (∝ 1 − map).")
     # The map's own region instead of a fixed share of the grid: with p_fg = 0.2 a Lite0 map
     # offers its top 40 of 196 patches as FG whatever the object's size, most of them around
-    # a small object.  Set it to the pseudo-labels' box_threshold: FG patches then come from
-    # the region whose box the map threshold is chosen against (no GT either way).
-    fg_level: float = option(0.0, "FG candidates: patches with pseudo-label value ≥ this (at most the top p_fg); 0 = the top p_fg alone.")
+    # a small object.  The region is the one whose box is the pseudo box, against which the
+    # map threshold is chosen: FG patches and threshold then agree on what the object is.
+    fg_region: bool = option(False, "FG candidates: the pseudo-label map's region above the pseudo-labels' "
+                                    "box_threshold (at most the top p_fg); off: the top p_fg alone.")
     bg_level: float = option(1.0, "BG candidates: patches with pseudo-label value ≤ this (at most the bottom p_bg); 1 = the bottom p_bg alone.")
 
     # --- data ---------------------------------------------------------------------------------
@@ -117,9 +118,8 @@ class Config(StageConfig):
         for name in ("p_fg", "p_bg"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"train: {name} must be in (0, 1], got {getattr(self, name)}")
-        for name in ("fg_level", "bg_level"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"train: {name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.bg_level <= 1:
+            raise ConfigError(f"train: bg_level must be in [0, 1], got {self.bg_level}")
         if not 0 <= self.hflip <= 1:
             raise ConfigError(f"train: hflip must be in [0, 1], got {self.hflip}")
         if self.tau <= 0:

@@ -441,7 +441,7 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
             if flip.any():
                 cam[flip] = cam[flip].flip(-1)
             sample = sample_patches(cam, n_fg=config.n_fg, n_bg=config.n_bg, p_fg=config.p_fg, p_bg=config.p_bg,
-                                    fg_level=config.fg_level if config.fg_level > 0 else None,
+                                    fg_level=index.region_level() if config.fg_region else None,
                                     bg_level=config.bg_level if config.bg_level < 1 else None, generator=generator)
             sample.fg, sample.bg = sample.fg.to(device), sample.bg.to(device)
             labels = labels_all.index_select(0, rows).to(device)
