@@ -53,6 +53,7 @@ class PseudoLabelIndex:
             None when the manifest does not say.
         image_sizes: int32 (N, 2) original (width, height).
         encoder: the encoder spec; input_size: S; grid: (h, w); feature_dim: c.
+        fine_dim: channels of a finer stage packed into the grid (:mod:`tedloc.pipeline.fine_grid`), 0 = none.
         has_features / has_flip_features: whether the shards cache the grids.
         num_classes: C of the artifact (manifest, else its CAM classifier, else max label + 1).
         class_names: the C names in label order (manifest; empty for artifacts without them).
@@ -71,6 +72,7 @@ class PseudoLabelIndex:
     input_size: int
     grid: tuple[int, int]
     feature_dim: int
+    fine_dim: int
     has_features: bool
     has_flip_features: bool
     num_classes: int
@@ -142,6 +144,7 @@ def read_pseudo_label_index(workdir_or_dir: str | Path) -> PseudoLabelIndex:
             encoder=str(manifest.get("encoder") or config.get("encoder")),
             input_size=int(manifest.get("input_size") or config.get("input_size")),
             grid=(int(grid[0]), int(grid[1])), feature_dim=feature_dim,
+            fine_dim=int(manifest.get("fine_dim") or 0),
             has_features=has_features and reader.has("features"),
             has_flip_features=bool(manifest.get("has_flip_features", False)) and reader.has("features_flip"),
             num_classes=_num_classes(reader, labels),

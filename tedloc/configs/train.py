@@ -38,6 +38,10 @@ class Config(StageConfig):
     width: int = option(128, "Decoder width (channels of its hidden layers).")
     depth: int = option(2, "Number of decoder blocks (3×3 conv or transformer).")
     heads: int = option(4, "Attention heads of the transformer decoder (width must be divisible by it).")
+    # Encoders with a finer stage packed into the grid (the '-fine' specs, e.g.
+    # efficientnet-lite0-fine: maps at 28×28 instead of 14×14): one more residual 3×3 conv
+    # block at the fine grid, on the decoder's output upsampled ×2 plus the fine stage.
+    fine_width: int = option(64, "Width of the decoder's block at the fine grid ('-fine' encoders only).")
 
     # --- patch classifier g: z_p -> FG/BG logit --------------------------------------------
     patch_head: str = option("mlp", "Patch classifier g: mlp (one hidden layer) or linear.")
@@ -107,7 +111,7 @@ class Config(StageConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("width", "heads", "patch_hidden", "epochs", "batch_size", "threshold_size"):
+        for name in ("width", "heads", "patch_hidden", "epochs", "batch_size", "threshold_size", "fine_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train: {name} must be at least 1, got {getattr(self, name)}")
         for name in ("depth", "n_fg", "n_bg", "num_workers", "cache_memory_mb", "threshold_images"):

@@ -371,6 +371,7 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
     """The epoch loop (from ``state`` when resuming), then :func:`_finish` on rank 0."""
     from tqdm import tqdm
 
+    from tedloc.pipeline.fine_grid import upsample_maps
     from tedloc.pipeline.losses import LossWeights, tedloc_losses
     from tedloc.pipeline.model import HeadConfig, TedLocHead
     from tedloc.pipeline.sampling import sample_patches
@@ -384,7 +385,8 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
 
     head_config = HeadConfig(in_dim=source.feature_dim, embed_dim=text.dim, num_classes=text.num_classes,
                              decoder=config.decoder, width=config.width, depth=config.depth, heads=config.heads,
-                             patch_head=config.patch_head, patch_hidden=config.patch_hidden, tau=config.tau)
+                             patch_head=config.patch_head, patch_hidden=config.patch_hidden, tau=config.tau,
+                             fine_dim=index.fine_dim, fine_width=config.fine_width)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         head = TedLocHead(head_config, torch.from_numpy(text.anchors))
@@ -421,7 +423,7 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
     if ddp.main and history:
         _write_log(stage_dir / "train_log.csv", history)
 
-    cams = torch.from_numpy(index.cams)
+    cams = upsample_maps(torch.from_numpy(index.cams), head.map_grid(index.grid))  # patches are the head's
     labels_all = torch.from_numpy(index.labels)
     autocast = source._autocast
     common = dict(config=config, header=header, text=text, index=index)
