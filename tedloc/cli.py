@@ -251,6 +251,8 @@ def demo_command(
     quick: bool = typer.Option(False, "--quick", help="Smoke run: a class-balanced slice and fewer epochs."),
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Dataset spec [default: the [demo] table's, else the bundled demo data]."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Evaluation name: results in <workdir>/evaluate/<NAME>/ [default: <dataset>-test, demo-test]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute stages whose results differ."),
 ) -> None:
     """Run every stage on the bundled demo data and print TeD-Loc next to the CAM baseline and the centre prior."""
@@ -263,7 +265,8 @@ def demo_command(
     options: GlobalOptions = ctx.find_root().obj
     sections = load_config_file(options.config_file) if options.config_file else {}
     # Options given override the [demo] table; options left out must not mask it.
-    given = {**({"quick": True} if quick else {}), **({"dataset": dataset} if dataset is not None else {})}
+    given = {**({"quick": True} if quick else {}), **({"dataset": dataset} if dataset is not None else {}),
+             **({"name": name} if name is not None else {})}
     if "demo" in sections:
         Config.from_dict(sections["demo"], source=f"{options.config_file} [demo]")
     config = Config.from_dict({**sections.get("demo", {}), **given}, source="command line")
@@ -272,7 +275,7 @@ def demo_command(
     start = time.perf_counter()
     results = run(config, workdir=workdir, overwrite=overwrite, sections=sections)
     seconds = time.perf_counter() - start
-    evaluate_dir = workdir / "evaluate"
+    evaluate_dir = Path(results["evaluation_dir"])
     typer.echo(f"\nTeD-Loc on {results.get('dataset')} / {results.get('split')} "
                f"({results.get('num_images')} images), values in %:\n")
     typer.echo(summary_table(results))

@@ -98,7 +98,7 @@ def test_predict_after_the_real_pipeline(tmp_path):
     workdir = tmp_path / "work"
     model = train_real_pipeline(workdir, root, save_tiny_clip(tmp_path / "clip"))
     evaluate.run(EvaluateConfig(num_workers=0, device="cpu", num_overlays=1), workdir=workdir)
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     assert results["num_images"] == 4 and set(results["methods"]) == {"tedloc", "cam_baseline", "centre_prior"}
 
     image = root / "images" / "test" / "0001.png"
@@ -108,7 +108,7 @@ def test_predict_after_the_real_pipeline(tmp_path):
     assert pred["class_name"] in ("class0", "class1") and pred["image_size"] == [48, 40]
     # The same image through evaluate gives the same class and boxes (same map processing;
     # evaluate stores maps as float16, which may move a box edge by one 224-grid pixel).
-    line = next(json.loads(x) for x in (workdir / "evaluate" / "predictions.jsonl").read_text().splitlines()
+    line = next(json.loads(x) for x in (workdir / "evaluate" / "data-test" / "predictions.jsonl").read_text().splitlines()
                 if json.loads(x)["image_id"] == "images/test/0001.png")
     assert line["class"] == pred["class"]
     assert len(line["boxes"]) == len(pred["boxes"])

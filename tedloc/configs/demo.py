@@ -19,6 +19,8 @@ class Config(StageConfig):
     PATH_FIELDS = {"dataset": "dataset"}
 
     dataset: str = option("demo", "Dataset spec the demo runs on (the bundled demo data by default).")
+    # The evaluation's folder, <workdir>/evaluate/<name>/ ('' = <dataset>-test: demo-test).
+    name: str = option("", "Name of the test-split evaluation ('' = <dataset>-test, e.g. demo-test).")
     quick: bool = option(False, "Smoke run (CI): a class-balanced slice of the images and fewer epochs.")
     quick_train_images: int = option(96, "Training images used by --quick.")
     quick_test_images: int = option(48, "Test images used by --quick.")
@@ -29,6 +31,10 @@ class Config(StageConfig):
 
     def validate(self) -> None:
         check_fields(self, "demo")
+        if self.name:
+            from tedloc.artifacts.evaluations import check_name
+
+            check_name(self.name)
         for name in ("quick_train_images", "quick_test_images", "quick_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"demo: {name} must be at least 1, got {getattr(self, name)}")

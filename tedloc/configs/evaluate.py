@@ -1,9 +1,10 @@
 """Evaluate the trained localizer on a labelled split with the field's metrics (wsolevaluation).
 
-Writes ``<workdir>/evaluate/``: shards of the 224×224 maps (TeD-Loc and the CAM baseline),
-``results.json`` / ``results.md`` (MaxBoxAccV1/V2, PxAP, Top-1/Top-5/GT-known Loc at the
-stored and the oracle threshold, Top-1/Top-5 Cls; overall and per class),
-``predictions.jsonl``, ``overlays/*.png`` and ``boxacc_curve.png``.
+Writes ``<workdir>/evaluate/<name>/`` (one folder per named evaluation): shards of the
+224×224 maps (TeD-Loc and the CAM baseline), ``results.json`` / ``results.md``
+(MaxBoxAccV1/V2, PxAP, Top-1/Top-5/GT-known Loc at the stored and the oracle threshold,
+Top-1/Top-5 Cls; overall and per class), ``predictions.jsonl``, ``overlays/*.png``,
+``boxacc_curve.png`` and ``index.html``.
 
 Every evaluation convention is a field below; the defaults are wsolevaluation's (Choe et
 al., CVPR 2020), so that numbers are comparable with published ones.
@@ -28,7 +29,7 @@ class Config(StageConfig):
     # on the rest: resources, outputs, and report-only choices (groups, the centre prior),
     # which the manifest records; a finished run asked for other values rewrites its
     # report from the shards.
-    NOT_HASHED = frozenset({"dataset", "batch_size", "num_workers", "device", "shard_size", "cpu_keep_freed_memory",
+    NOT_HASHED = frozenset({"dataset", "name", "batch_size", "num_workers", "device", "shard_size", "cpu_keep_freed_memory",
                             "num_overlays", "export_scoremaps", "box_fraction_bins", "centre_prior",
                             "centre_prior_sigma"})
     #: The NOT_HASHED fields that change results.json (compared with the manifest's).
@@ -41,6 +42,13 @@ class Config(StageConfig):
     dataset: str = option("", "Dataset spec ('demo' or a folder); '' = the one in the pseudo-labels manifest.")
     # The split scored; wsolevaluation's 'test' is the held-out one.
     split: str = option("test", "Split to evaluate.")
+    # Where the results go: <workdir>/evaluate/<name>/.  A name per dataset and split keeps
+    # every evaluation of a workdir; the same name resumes (or, with other inputs, refuses).
+    name: str = option("", "Name of the evaluation: results in <workdir>/evaluate/<NAME>/ ('' = <dataset>-<split>).")
+    # Any dataset with boxes or masks, whatever its classes: the map is scored alone (the
+    # label metrics and the CAM baseline need the model's classes and are left out).
+    class_agnostic: bool = option(
+        False, "Score the class-agnostic map on a dataset of any classes (MaxBoxAcc, GT-known Loc, PxAP only).")
     # Checkpoint file inside <workdir>/train/ (model.pt is the final model).
     checkpoint: str = option("model.pt", "Checkpoint file name inside <workdir>/train/.")
     # 0 = every image of the split; N = the first N in index order (smoke runs).
@@ -85,8 +93,8 @@ class Config(StageConfig):
 
     # --- outputs -----------------------------------------------------------------------
     # Overlays (map, predicted box green, GT box red) of a sample spread over the split.
-    num_overlays: int = option(16, "Number of overlay PNGs written to evaluate/overlays/.")
-    # One float .npy per image id under evaluate/scoremaps/ (wsolevaluation's layout).
+    num_overlays: int = option(16, "Number of overlay PNGs written to evaluate/<name>/overlays/.")
+    # One float .npy per image id under evaluate/<name>/scoremaps/ (wsolevaluation's layout).
     export_scoremaps: bool = option(False, "Also write each map as scoremaps/<image id>.npy (wsolevaluation layout).")
 
     # --- resources (no effect on the numbers) -----------------------------------------
@@ -104,6 +112,10 @@ class Config(StageConfig):
 
     def validate(self) -> None:
         check_fields(self, "evaluate")
+        if self.name:
+            from tedloc.artifacts.evaluations import check_name
+
+            check_name(self.name)
         if self.on_bad_image not in ON_BAD_IMAGE:
             raise ConfigError(f"evaluate: on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
                               f"got {self.on_bad_image!r}")

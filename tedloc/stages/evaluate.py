@@ -28,6 +28,7 @@ import numpy as np
 
 from tedloc.artifacts import evaluate as files
 from tedloc.artifacts.atomic import TMP_SUFFIX
+from tedloc.artifacts.evaluations import default_name, evaluation_dir
 from tedloc.artifacts.store import (
     MANIFEST,
     SHARD_DIR,
@@ -39,7 +40,7 @@ from tedloc.config import hash_json
 from tedloc.configs.evaluate import Config
 from tedloc.data.classes import match_classes, remap_records
 from tedloc.data.records import Dataset, Record
-from tedloc.errors import ArtifactError, ConfigError, InputError
+from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
 from tedloc.paths import absolute_dataset_spec, recorded_dataset
 from tedloc.pipeline import metrics
 from tedloc.stages.evaluate_report import ReportInputs, compute_report
@@ -301,7 +302,9 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         config_hash=config.config_hash(),
         upstream_hash=hash_json({"train": train_identity, "data": dataset_content_hash(class_names, records)}),
     )
-    stage_dir = workdir / "evaluate"
+    name = config.name or default_name(spec, config.split)
+    stage_dir = evaluation_dir(workdir, name)
+    log.info("evaluate: evaluation %r of %s (%s) in %s", name, spec, config.split, stage_dir)
     inputs = ReportInputs(dataset=dataset, records=records, class_names=class_names,
                           stored_threshold=stored_threshold_of(checkpoint, checkpoint_path),
                           baseline_threshold=baseline_threshold_of(config, pseudo_manifest),
@@ -309,7 +312,13 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
     ids = [r.image_id for r in records]
     writer = ShardedWriter(stage_dir, header, supported_versions=(files.FORMAT_VERSION,))
     with writer:
-        if writer.open(overwrite=overwrite):
+        try:
+            finished = writer.open(overwrite=overwrite)
+        except ConfigMismatchError as exc:
+            # Another dataset or model under this name: keeping both is one option away.
+            raise ConfigMismatchError(str(exc).replace("use another --workdir", "give this evaluation another "
+                                                       "--name (both are kept)")) from None
+        if finished:
             if not _outputs_missing(stage_dir, config):
                 log.info("evaluate: finished results in %s match this config; nothing to do", stage_dir)
                 return writer.manifest_path
@@ -325,7 +334,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                                                           "top1_cls", "pxap") if k in m["overall"]}
                    for key, m in results["methods"].items()}
         path = writer.finish(ids, also=_report_files(stage_dir), extra={
-            "dataset": header.config["dataset"], "split": config.split, "label_map": label_map,
+            "name": name, "dataset": header.config["dataset"], "split": config.split, "label_map": label_map,
             "train_identity": train_identity,
             "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
             "num_overlays": config.num_overlays, "export_scoremaps": config.export_scoremaps,
