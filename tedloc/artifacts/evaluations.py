@@ -17,6 +17,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from tedloc.artifacts.evaluate import RESULTS_JSON, ordered_methods
 from tedloc.artifacts.store import MANIFEST, SHARD_DIR
 from tedloc.errors import ConfigError
 
@@ -125,14 +126,14 @@ def list_evaluations(workdir: str | Path) -> list[EvaluationSummary]:
     out = []
     for folder in evaluation_dirs(workdir):
         manifest = _read_json(folder / MANIFEST) or {}
-        results = _read_json(folder / "results.json") if manifest.get("complete") else None
+        results = _read_json(folder / RESULTS_JSON) if manifest.get("complete") else None
         summary = EvaluationSummary(name=folder.name, path=folder, finished=bool(manifest.get("complete")))
-        if results is not None:
+        if results is not None and isinstance(results.get("methods"), dict):
             summary.dataset = str(results.get("dataset", ""))
             summary.split = str(results.get("split", ""))
             summary.num_images = results.get("num_images")
             summary.class_agnostic = bool(results.get("class_agnostic", False))
-            for method in (results.get("methods") or {}).values():
+            for _, method in ordered_methods(results):
                 overall = method.get("overall") or {}
                 summary.headline[str(method.get("label"))] = {k: overall.get(k) for k in HEADLINE}
         out.append(summary)

@@ -38,11 +38,12 @@ from tedloc.artifacts.store import (
 )
 from tedloc.config import hash_json
 from tedloc.configs.evaluate import Config
-from tedloc.data.classes import match_classes, remap_records
+from tedloc.data.classes import match_classes
 from tedloc.data.records import Dataset, Record
 from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
 from tedloc.paths import absolute_dataset_spec, recorded_dataset
 from tedloc.pipeline import metrics
+from tedloc.stages.evaluate_classes import scored_classes
 from tedloc.stages.evaluate_report import ReportInputs, compute_report
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,9 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
     localizer = Localizer.from_checkpoint(checkpoint_path, device)
     encoder = localizer.encoder
     num_classes = len(localizer.class_names)
+    # The CAM baseline maps the GT class among the model's: not defined for other classes.
     loaded = (_load_baseline(workdir, _pseudo_manifest(workdir), encoder, list(localizer.class_names), device)
-              if config.baseline else None)
+              if config.baseline and not config.class_agnostic else None)
     baseline, cam_encoder = loaded if loaded is not None else (None, None)
     size = config.eval_size
     loader = make_image_loader(dataset, records, input_size=encoder.input_size, batch_size=config.batch_size,
@@ -281,34 +283,33 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
     _, train_identity = _train_identity(workdir)
     checkpoint_path = workdir / "train" / config.checkpoint
     checkpoint = load_checkpoint(checkpoint_path)
-    class_names = [str(n) for n in checkpoint.get("class_names", [])]
     pseudo_manifest = _pseudo_manifest(workdir)
 
     spec = resolve_dataset(config, workdir)
     dataset = open_dataset(spec, config.split)
-    # The model's classes matched by name (an ImageFolder sorts its own): dataset label -> model class.
-    label_map = match_classes(dataset.class_names, class_names, found_where=f"dataset {spec} ({config.split})",
-                              wanted_where=f"the model {checkpoint_path}",
-                              hint="evaluate on a dataset of the classes the model was trained on"
-                              ) if class_names else None
-    records = remap_records(dataset.head(config.limit), label_map)
+    # Labels in the model's classes (matched by name), or the dataset's own when class-agnostic.
+    scored = scored_classes(dataset, dataset.head(config.limit), checkpoint.get("class_names", []),
+                            class_agnostic=config.class_agnostic, dataset_where=f"dataset {spec} ({config.split})",
+                            model_where=f"the model {checkpoint_path}")
+    records, label_map = scored.records, scored.label_map
     if not records:
         raise InputError(spec, f"split {config.split!r} has no images")
-    class_names = class_names or list(dataset.class_names)
 
     header = ArtifactHeader(
         format=files.FORMAT, format_version=files.FORMAT_VERSION,
         config={**config.stored_dict(), "dataset": absolute_dataset_spec(spec)},
         config_hash=config.config_hash(),
-        upstream_hash=hash_json({"train": train_identity, "data": dataset_content_hash(class_names, records)}),
+        upstream_hash=hash_json({"train": train_identity,
+                                 "data": dataset_content_hash(scored.label_names, records)}),
     )
     name = config.name or default_name(spec, config.split)
     stage_dir = evaluation_dir(workdir, name)
     log.info("evaluate: evaluation %r of %s (%s) in %s", name, spec, config.split, stage_dir)
-    inputs = ReportInputs(dataset=dataset, records=records, class_names=class_names,
+    inputs = ReportInputs(dataset=dataset, records=records, class_names=scored.label_names,
                           stored_threshold=stored_threshold_of(checkpoint, checkpoint_path),
                           baseline_threshold=baseline_threshold_of(config, pseudo_manifest),
-                          checkpoint=str(checkpoint_path), label_map=label_map)
+                          checkpoint=str(checkpoint_path), label_map=label_map,
+                          model_class_names=scored.model_names, class_agnostic=scored.class_agnostic)
     ids = [r.image_id for r in records]
     writer = ShardedWriter(stage_dir, header, supported_versions=(files.FORMAT_VERSION,))
     with writer:
@@ -335,6 +336,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                    for key, m in results["methods"].items()}
         path = writer.finish(ids, also=_report_files(stage_dir), extra={
             "name": name, "dataset": header.config["dataset"], "split": config.split, "label_map": label_map,
+            "class_agnostic": scored.class_agnostic,
             "train_identity": train_identity,
             "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
             "num_overlays": config.num_overlays, "export_scoremaps": config.export_scoremaps,
