@@ -251,6 +251,10 @@ def demo_command(
     quick: bool = typer.Option(False, "--quick", help="Smoke run: a class-balanced slice and fewer epochs."),
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Dataset spec [default: the [demo] table's, else the bundled demo data]."),
+    metadata: Optional[str] = typer.Option(
+        None, "--metadata", help="wsolevaluation metadata folder kept apart from the images in --dataset."),
+    class_names: Optional[str] = typer.Option(
+        None, "--class-names", help="File of class names (one per line in label order, or 'synset,name' lines)."),
     name: Optional[str] = typer.Option(
         None, "--name", help="Evaluation name: results in <workdir>/evaluate/<NAME>/ [default: <dataset>-test, demo-test]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute stages whose results differ."),
@@ -265,8 +269,8 @@ def demo_command(
     options: GlobalOptions = ctx.find_root().obj
     sections = load_config_file(options.config_file) if options.config_file else {}
     # Options given override the [demo] table; options left out must not mask it.
-    given = {**({"quick": True} if quick else {}), **({"dataset": dataset} if dataset is not None else {}),
-             **({"name": name} if name is not None else {})}
+    options_given = {"dataset": dataset, "metadata": metadata, "class_names": class_names, "name": name}
+    given = {**({"quick": True} if quick else {}), **{k: v for k, v in options_given.items() if v is not None}}
     if "demo" in sections:
         Config.from_dict(sections["demo"], source=f"{options.config_file} [demo]")
     config = Config.from_dict({**sections.get("demo", {}), **given}, source="command line")
@@ -290,11 +294,15 @@ def data_check_command(
     dataset: str = typer.Argument(..., help="Dataset spec (a folder, 'demo', 'hf:NAME', ...)."),
     split: list[str] = typer.Option(["train", "test"], "--split", help="Split(s) to check."),
     decode: bool = typer.Option(True, "--decode/--no-decode", help="Decode every image (slower, finds corrupt files)."),
+    metadata: Optional[str] = typer.Option(
+        None, "--metadata", help="wsolevaluation metadata folder kept apart from the images in DATASET."),
+    class_names: Optional[str] = typer.Option(
+        None, "--class-names", help="File of class names (one per line in label order, or 'synset,name' lines)."),
 ) -> None:
     """Validate a dataset: files, ids, labels, boxes; print counts and every problem."""
     from tedloc.data.check import check_dataset
 
-    report = check_dataset(dataset, splits=split, decode=decode)
+    report = check_dataset(dataset, splits=split, decode=decode, metadata=metadata, class_names=class_names)
     typer.echo(report.render())
     if report.problems:
         raise typer.Exit(1)

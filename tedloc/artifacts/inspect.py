@@ -392,30 +392,22 @@ def _manifest(stage: Path | None) -> dict[str, Any] | None:
         return None
 
 
-def _dataset_of(stage: Path | None) -> tuple[str, str] | None:
-    """(dataset spec, split) named by the stage's manifest (or its config), if any."""
-    manifest = _manifest(stage)
-    if manifest is None:
-        return None
-    config = manifest.get("config") or {}
-    spec = manifest.get("dataset") or config.get("dataset")
-    split = manifest.get("split") or config.get("split")
-    return (str(spec), str(split)) if spec and split else None
-
-
 def _load_image(stage: Path | None, image_id: str) -> np.ndarray | None:
-    named = _dataset_of(stage)
-    if named is None:
-        return None
-    from tedloc.data.open import open_dataset
+    """The image of ``image_id`` from the dataset (and split) the stage's manifest names."""
+    from tedloc.data.source import DatasetSource
 
+    manifest = _manifest(stage) or {}
+    source = DatasetSource.recorded(manifest, stage / MANIFEST) if stage is not None else None
+    split = manifest.get("split") or (manifest.get("config") or {}).get("split")
+    if source is None or not split:
+        return None
     try:
-        dataset = open_dataset(*named)
+        dataset = source.open(str(split))
         record = dataset.by_id().get(image_id)
         return dataset.load_image(record) if record is not None else None
     except TedlocError as exc:
         log.warning("cannot open the image of %s from dataset %s [%s] (%s); drawing the map alone",
-                    image_id, named[0], named[1], exc)
+                    image_id, source, split, exc)
         return None
 
 

@@ -29,17 +29,24 @@ class Config(StageConfig):
     # on the rest: resources, outputs, and report-only choices (groups, the centre prior),
     # which the manifest records; a finished run asked for other values rewrites its
     # report from the shards.
-    NOT_HASHED = frozenset({"dataset", "name", "batch_size", "num_workers", "device", "shard_size", "cpu_keep_freed_memory",
-                            "num_overlays", "export_scoremaps", "box_fraction_bins", "centre_prior",
+    NOT_HASHED = frozenset({"dataset", "metadata", "class_names", "name", "batch_size", "num_workers", "device",
+                            "shard_size", "cpu_keep_freed_memory", "num_overlays", "export_scoremaps", "box_fraction_bins", "centre_prior",
                             "centre_prior_sigma"})
     #: The NOT_HASHED fields that change results.json (compared with the manifest's).
     REPORT_FIELDS = ("box_fraction_bins", "centre_prior", "centre_prior_sigma")
     SECTION = "evaluate"
-    PATH_FIELDS = {"dataset": "dataset"}
+    PATH_FIELDS = {"dataset": "dataset", "metadata": "file", "class_names": "file"}
 
     # --- what is evaluated -------------------------------------------------------------
     # '' = the dataset recorded in the pseudo-labels manifest (the one trained on).
     dataset: str = option("", "Dataset spec ('demo' or a folder); '' = the one in the pseudo-labels manifest.")
+    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
+    # ids relative to dataset/CUB/): then the dataset is the image folder.
+    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
+                               "images in --dataset ('' = <dataset>/metadata).")
+    # Before any other source of class names (tedloc/data/class_names.py).
+    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
+                                  "('' = class_names.txt beside the data, else the class folders).")
     # The split scored; wsolevaluation's 'test' is the held-out one.
     split: str = option("test", "Split to evaluate.")
     # Where the results go: <workdir>/evaluate/<name>/.  A name per dataset and split keeps

@@ -23,14 +23,21 @@ class Config(StageConfig):
 
     # dataset/split enter the hash by content (ids + labels), so moving the data keeps results;
     # the rest do not change the shards (diagnostic only adds a manifest entry).
-    NOT_HASHED = frozenset({"dataset", "split", "batch_size", "num_workers", "device", "num_shards",
+    NOT_HASHED = frozenset({"dataset", "metadata", "class_names", "split", "batch_size", "num_workers", "device", "num_shards",
                             "shard_index", "on_bad_image", "diagnostic", "diagnostic_images",
                             "diagnostic_workers", "cpu_keep_freed_memory",
                             "feature_compression", "forward_batch_size"})
     SECTION = "pseudo_labels"
-    PATH_FIELDS = {"dataset": "dataset", "encoder": "encoder"}
+    PATH_FIELDS = {"dataset": "dataset", "metadata": "file", "class_names": "file", "encoder": "encoder"}
 
     dataset: str = option("demo", "Dataset spec ('demo' or a wsolevaluation folder).")
+    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
+    # ids relative to dataset/CUB/): then the dataset is the image folder.
+    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
+                               "images in --dataset ('' = <dataset>/metadata).")
+    # Before any other source of class names (tedloc/data/class_names.py).
+    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
+                                  "('' = class_names.txt beside the data, else the class folders).")
     split: str = option("train", "Split whose images get pseudo-labels (the training split).")
     # efficientnet-lite0 | efficientnet-lite2 | clip:<hub id or folder> | open_clip:<m>/<tag> | tiny-cnn
     encoder: str = option("efficientnet-lite0", "Frozen image encoder spec.")

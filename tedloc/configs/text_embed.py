@@ -21,14 +21,21 @@ class Config(StageConfig):
     # Fields whose effect enters the hash by content instead (the class names read from the
     # dataset and the map, the templates read from the file: see stages/text_embed.py), plus
     # fields that do not change the numbers.  Moving the dataset thus keeps the anchors.
-    NOT_HASHED = frozenset({"dataset", "split", "class_name_map", "templates_file",
+    NOT_HASHED = frozenset({"dataset", "metadata", "class_names", "split", "class_name_map", "templates_file",
                             "batch_size", "device"})
     SECTION = "text_embed"
-    PATH_FIELDS = {"dataset": "dataset", "class_name_map": "file", "templates_file": "file",
-                   "text_encoder": "encoder"}
+    PATH_FIELDS = {"dataset": "dataset", "metadata": "file", "class_names": "file", "class_name_map": "file",
+                   "templates_file": "file", "text_encoder": "encoder"}
 
     # Dataset whose class names (label order) become the anchors; 'demo' or a folder.
     dataset: str = option("demo", "Dataset spec whose class names are embedded ('demo' or a folder).")
+    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
+    # ids relative to dataset/CUB/): then the dataset is the image folder.
+    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
+                               "images in --dataset ('' = <dataset>/metadata).")
+    # Before any other source of class names (tedloc/data/class_names.py).
+    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
+                                  "('' = class_names.txt beside the data, else the class folders).")
     # Split the class names are read from (all splits share them).
     split: str = option("train", "Split to read the class names from.")
     # CSV/TSV 'original,nicer' lines: nicer names to put into the prompts.

@@ -34,11 +34,12 @@ def stage_configs(config: Config, sections: Mapping[str, Mapping[str, Any]] | No
     import importlib
 
     sections = sections or {}
+    data = {"dataset": config.dataset, "metadata": config.metadata, "class_names": config.class_names}
     demo_values: dict[str, dict[str, Any]] = {
-        "text-embed": {"dataset": config.dataset},
-        "pseudo-labels": {"dataset": config.dataset, "split": "train"},
+        "text-embed": dict(data),
+        "pseudo-labels": {**data, "split": "train"},
         "train": {},
-        "evaluate": {"dataset": config.dataset, "split": "test", **({"name": config.name} if config.name else {})},
+        "evaluate": {**data, "split": "test", **({"name": config.name} if config.name else {})},
     }
     if config.quick:
         demo_values["pseudo-labels"]["limit"] = config.quick_train_images

@@ -40,8 +40,9 @@ from tedloc.config import hash_json
 from tedloc.configs.evaluate import Config
 from tedloc.data.classes import match_classes
 from tedloc.data.records import Dataset, Record
+from tedloc.data.source import DatasetSource
 from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
-from tedloc.paths import absolute_dataset_spec, recorded_dataset
+from tedloc.paths import absolute_dataset_spec, absolute_spec
 from tedloc.pipeline import metrics
 from tedloc.stages.evaluate_classes import scored_classes
 from tedloc.stages.evaluate_report import ReportInputs, compute_report
@@ -77,16 +78,17 @@ def _pseudo_manifest(workdir: Path) -> dict[str, Any] | None:
         return None
 
 
-def resolve_dataset(config: Config, workdir: Path) -> str:
-    """The dataset spec: the config's, else the one the pseudo-labels were made from."""
+def resolve_source(config: Config, workdir: Path) -> DatasetSource:
+    """Where the split is read from: the config's dataset, else the one the pseudo-labels
+    were made from (with its metadata folder and class-names file)."""
     if config.dataset:
-        return config.dataset
-    manifest = _pseudo_manifest(workdir)
-    spec = (manifest or {}).get("dataset") or ((manifest or {}).get("config") or {}).get("dataset")
+        return DatasetSource.of(config)
     where = workdir / "pseudo_labels" / "manifest.json"
-    if not spec:
+    source = DatasetSource.recorded(_pseudo_manifest(workdir) or {}, where)
+    if source is None:
         raise ConfigError(f"evaluate: no --dataset given and none recorded in {where}")
-    return recorded_dataset(str(spec), where)
+    # Options given on this command line come first.
+    return DatasetSource(source.spec, config.metadata or source.metadata, config.class_names or source.class_names)
 
 
 def stored_threshold_of(checkpoint: dict[str, Any], path: Path) -> float:
@@ -277,7 +279,6 @@ def check_boxes_inside(dataset: Dataset, record: Record, size: tuple[int, int]) 
 def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
     """Run the evaluate stage; return the manifest path (see the module docstring)."""
     from tedloc.artifacts.checkpoint import load_checkpoint
-    from tedloc.data.open import open_dataset
 
     workdir = Path(workdir)
     _, train_identity = _train_identity(workdir)
@@ -285,8 +286,10 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
     checkpoint = load_checkpoint(checkpoint_path)
     pseudo_manifest = _pseudo_manifest(workdir)
 
-    spec = resolve_dataset(config, workdir)
-    dataset = open_dataset(spec, config.split)
+    source = resolve_source(config, workdir)
+    spec = source.spec
+    dataset = source.open(config.split)
+    log.info("evaluate: class names of %s from %s", source, dataset.class_names_source or "the dataset")
     # Labels in the model's classes (matched by name), or the dataset's own when class-agnostic.
     scored = scored_classes(dataset, dataset.head(config.limit), checkpoint.get("class_names", []),
                             class_agnostic=config.class_agnostic, dataset_where=f"dataset {spec} ({config.split})",
@@ -297,12 +300,15 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
 
     header = ArtifactHeader(
         format=files.FORMAT, format_version=files.FORMAT_VERSION,
-        config={**config.stored_dict(), "dataset": absolute_dataset_spec(spec)},
+        config={**config.stored_dict(), "dataset": absolute_dataset_spec(spec),
+                "metadata": absolute_spec(source.metadata, "file"),
+                "class_names": absolute_spec(source.class_names, "file"),
+                "class_names_source": dataset.class_names_source},
         config_hash=config.config_hash(),
         upstream_hash=hash_json({"train": train_identity,
                                  "data": dataset_content_hash(scored.label_names, records)}),
     )
-    name = config.name or default_name(spec, config.split)
+    name = config.name or default_name(spec, config.split, source.metadata)
     stage_dir = evaluation_dir(workdir, name)
     log.info("evaluate: evaluation %r of %s (%s) in %s", name, spec, config.split, stage_dir)
     inputs = ReportInputs(dataset=dataset, records=records, class_names=scored.label_names,
@@ -336,7 +342,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                    for key, m in results["methods"].items()}
         path = writer.finish(ids, also=_report_files(stage_dir), extra={
             "name": name, "dataset": header.config["dataset"], "split": config.split, "label_map": label_map,
-            "class_agnostic": scored.class_agnostic,
+            "class_agnostic": scored.class_agnostic, "class_names_source": dataset.class_names_source,
             "train_identity": train_identity,
             "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
             "num_overlays": config.num_overlays, "export_scoremaps": config.export_scoremaps,

@@ -242,6 +242,7 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
         "num_images": len(records),
         "skipped": skipped,
         "class_names": names,
+        "class_names_source": inputs.dataset.class_names_source,
         **({"dataset_class_names": list(inputs.dataset.class_names), "label_map": inputs.label_map}
            if inputs.label_map is not None else {}),
         "class_agnostic": inputs.class_agnostic,

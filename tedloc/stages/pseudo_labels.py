@@ -148,7 +148,7 @@ def select_records(dataset: Dataset, limit: int) -> list[Record]:
 
 
 def make_header(config: Config, *, records: Sequence[Record], class_names: Sequence[str],
-                encoder_fingerprint: str, method: str) -> ArtifactHeader:
+                encoder_fingerprint: str, method: str, class_names_source: str = "") -> ArtifactHeader:
     config_hash = hash_json({
         "config": config.hashed_dict(),
         "images": hash_json([[r.image_id, r.label] for r in records]),
@@ -156,7 +156,8 @@ def make_header(config: Config, *, records: Sequence[Record], class_names: Seque
         "encoder_fingerprint": encoder_fingerprint,
         "method": method,
     })
-    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.stored_dict(),
+    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION,
+                          config={**config.stored_dict(), "class_names_source": class_names_source},
                           config_hash=config_hash, upstream_hash="")
 
 
@@ -701,11 +702,12 @@ def compute_maps(encoder: ImageEncoder, pixels: torch.Tensor, labels: torch.Tens
 def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
     """Compute the pseudo-labels into ``<workdir>/pseudo_labels/``; return the manifest path
     (or, for a process whose part is done while others are still running, the directory)."""
-    from tedloc.data.open import open_dataset
+    from tedloc.data.source import DatasetSource
 
     config.validate()
     directory = Path(workdir) / STAGE_DIR
-    dataset = open_dataset(config.dataset, config.split)
+    dataset = DatasetSource.of(config).open(config.split)
+    log.info("pseudo-labels: class names of %s from %s", config.dataset, dataset.class_names_source or "the dataset")
     records = select_records(dataset, config.limit)
     all_ids = [r.image_id for r in records]
     num_shards, shard_index = resolve_sharding(config)
@@ -718,7 +720,8 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         encoder = build_image_encoder(config.encoder, input_size=config.input_size or None, device=device)
         fingerprint = encoder.fingerprint
     header = make_header(config, records=records, class_names=dataset.class_names,
-                         encoder_fingerprint=fingerprint, method=method)
+                         encoder_fingerprint=fingerprint, method=method,
+                         class_names_source=dataset.class_names_source)
 
     # The classifier cannot be redone by resuming: the maps on disk were made with it.
     writer = ShardedWriter(directory, header, num_shards=num_shards, shard_index=shard_index,
@@ -914,6 +917,7 @@ def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Se
         "dataset": writer.header.config["dataset"],  # absolute: later stages read it from anywhere
         "split": config.split,
         "class_names": list(dataset.class_names),
+        "class_names_source": dataset.class_names_source,
         "box_threshold": config.box_threshold,
         "has_features": has_features,
         "has_flip_features": has_flip,

@@ -90,12 +90,13 @@ def resolve_templates(config: Config) -> list[str]:
     return read_templates_file(config.templates_file) if config.templates_file else list(config.templates)
 
 
-def resolve_class_names(config: Config) -> tuple[list[str], list[str]]:
-    """(dataset class names in label order, names for the prompts)."""
-    from tedloc.data.open import open_dataset
+def resolve_class_names(config: Config) -> tuple[list[str], list[str], str]:
+    """(dataset class names in label order, names for the prompts, where the names came from)."""
+    from tedloc.data.source import DatasetSource
 
-    dataset = open_dataset(config.dataset, config.split)
+    dataset = DatasetSource.of(config).open(config.split)
     names = list(dataset.class_names)
+    log.info("text-embed: class names of %s from %s", config.dataset, dataset.class_names_source or "the dataset")
     if not names:
         raise InputError(config.dataset, f"split {config.split!r} has no classes")
     prompt_names = names
@@ -109,11 +110,11 @@ def resolve_class_names(config: Config) -> tuple[list[str], list[str]]:
             raise ConfigError(f"{config.dataset}: classes {seen[name]} and {label} are both named "
                               f"{name!r}; give them distinct names with class_name_map")
         seen[name] = label
-    return names, prompt_names
+    return names, prompt_names, dataset.class_names_source
 
 
 def make_header(config: Config, *, class_names: list[str], prompt_names: list[str],
-                templates: list[str], encoder_fingerprint: str) -> ArtifactHeader:
+                templates: list[str], encoder_fingerprint: str, class_names_source: str = "") -> ArtifactHeader:
     config_hash = hash_json({
         "config": config.hashed_dict(),
         "class_names": class_names,
@@ -121,7 +122,9 @@ def make_header(config: Config, *, class_names: list[str], prompt_names: list[st
         "templates": templates,
         "encoder_fingerprint": encoder_fingerprint,
     })
-    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.stored_dict(),
+    # The names enter the hash by content; where they came from is recorded beside the config.
+    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION,
+                          config={**config.stored_dict(), "class_names_source": class_names_source},
                           config_hash=config_hash, upstream_hash="")
 
 
@@ -132,7 +135,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
 
     config.validate()
     directory = Path(workdir) / STAGE_DIR
-    class_names, prompt_names = resolve_class_names(config)
+    class_names, prompt_names, names_source = resolve_class_names(config)
     templates = resolve_templates(config)
 
     encoder = None
@@ -141,7 +144,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         encoder = text_encoders.build_text_encoder(config.text_encoder, device=config.device)
         fingerprint = encoder.fingerprint
     header = make_header(config, class_names=class_names, prompt_names=prompt_names,
-                         templates=templates, encoder_fingerprint=fingerprint)
+                         templates=templates, encoder_fingerprint=fingerprint, class_names_source=names_source)
 
     with StageLock(directory / ".lock"):
         if prepare_stage_dir(directory, header, supported_versions=SUPPORTED_VERSIONS, overwrite=overwrite):
@@ -167,6 +170,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         manifest = write_manifest(directory, header, files=[FILE_NAME], extra={
             **attrs, "num_classes": len(class_names), "dim": int(raw.shape[1]),
             "dataset": header.config["dataset"], "split": config.split, "templates": templates,
+            "class_names_source": names_source,
         })
     log.info(
         "text-embed: %d classes (%s%s) encoded with %s (d=%d) from %d template(s) %s; "

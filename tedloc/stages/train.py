@@ -196,12 +196,11 @@ class _Source:
         if kind == "memory":
             self.memory = MemoryFeatures(index, with_flip=flip_ok)
         elif kind == "encoder":
-            from tedloc.data.open import open_dataset
             from tedloc.pipeline.image_encoders import build_image_encoder
 
             if not index.dataset:
                 raise ArtifactError(f"{index.directory / MANIFEST}: no dataset recorded; cannot encode images")
-            dataset = open_dataset(index.dataset, index.split)
+            dataset = index.open_dataset()
             by_id = dataset.by_id() if callable(getattr(dataset, "by_id", None)) else dataset.by_id
             missing = [i for i in index.ids if i not in by_id]
             if missing:
