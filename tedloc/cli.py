@@ -229,15 +229,16 @@ def predict_command(
         None, "--threshold", help="Map threshold for the boxes [default: the one stored in the checkpoint]."),
     on_bad_image: str = typer.Option("fail", "--on-bad-image", help="fail: stop naming the file; skip: go on."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    maps: bool = typer.Option(False, "--maps", help="Also output each image's map (the model's h×w grid)."),
 ) -> None:
-    """Class, top-5, map and boxes (original pixels) for arbitrary images, as JSON."""
+    """Class, score, top-5 and boxes (original pixels) for arbitrary images, as JSON (maps with --maps)."""
     import json
 
     from tedloc.stages.predict import run_predict
 
     path = checkpoint or checked_workdir(ctx) / "train" / "model.pt"
     result = run_predict(images, checkpoint=path, out_json=out_json, overlays=overlays, threshold=threshold,
-                         on_bad_image=on_bad_image, device=device)
+                         on_bad_image=on_bad_image, device=device, maps=maps)
     if out_json is None:
         typer.echo(json.dumps(result, indent=2))
     else:

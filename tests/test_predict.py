@@ -31,7 +31,7 @@ def _run(*args):
 
 def test_predict_one_file_prints_json(trained):
     workdir, photos = trained
-    result = _run("--workdir", workdir, "predict", photos / "p0.jpg")
+    result = _run("--workdir", workdir, "predict", photos / "p0.jpg", "--maps")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["threshold"] == THRESHOLD  # the checkpoint's stored threshold
@@ -45,6 +45,15 @@ def test_predict_one_file_prints_json(trained):
     for x0, y0, x1, y1 in pred["boxes"]:
         assert 0 <= x0 <= x1 <= 80 and 0 <= y0 <= y1 <= 60
     assert pred["box"] is None or pred["box"] in pred["boxes"]
+
+
+def test_predict_prints_class_score_and_boxes_and_maps_only_when_asked(trained):
+    workdir, photos = trained
+    result = _run("--workdir", workdir, "predict", photos / "p0.jpg")
+    assert result.exit_code == 0, result.output
+    (pred,) = json.loads(result.stdout)["predictions"]
+    assert {"class_name", "score", "boxes", "box", "top5"} <= set(pred)
+    assert "map" not in pred and "map_size" not in pred  # no grid of numbers unless --maps
 
 
 def test_predict_folder_to_file_with_overlays_and_threshold(trained, tmp_path):

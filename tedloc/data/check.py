@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from tedloc.data.images import load_gray, read_size
 from tedloc.data.open import open_dataset
 from tedloc.data.records import Dataset, Problem, Problems, Record, Where
 from tedloc.errors import InputError
+from tedloc.pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _where(dataset: Dataset, record: Record) -> Where:
 
 
 def _check_records(dataset: Dataset, problems: Problems, *, decode: bool) -> None:
-    for record in tqdm(dataset.records, desc=f"check {dataset.split}", unit="img", disable=None):
+    for record in progress(dataset.records, desc=f"check {dataset.split}", unit="img"):
         where = _where(dataset, record)
         size = _image_size(dataset, record, where, problems, decode=decode)
         if size is not None:

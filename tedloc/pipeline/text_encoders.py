@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tedloc.config import hash_json
 from tedloc.errors import ConfigError
 from tedloc.pipeline.orthogonalize import l2_normalize
+from tedloc.pipeline.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def class_embeddings(encoder: TextEncoder, class_names: Sequence[str], templates
     per_batch = max(1, batch_size // len(templates))
     out = []
     starts = range(0, len(class_names), per_batch)
-    for start in tqdm(starts, desc="text-embed classes", unit="batch", disable=not progress):
+    for start in progress_bar(starts, desc="text-embed classes", unit="batch", disable=not progress):
         names = class_names[start:start + per_batch]
         prompts = [fill_template(t, n) for n in names for t in templates]
         emb = encoder.encode(prompts, batch_size=batch_size).reshape(len(names), len(templates), -1)

@@ -173,12 +173,12 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
                   writer: ShardedWriter, checkpoint_path: Path) -> None:
     """Phase 1: run the model (and the baseline) on ``records``; write shards of maps."""
     import torch
-    from tqdm import tqdm
 
     from tedloc.pipeline.cpu_memory import keep_freed_memory
     from tedloc.pipeline.image_encoders import resolve_device
     from tedloc.pipeline.image_loader import make_image_loader
     from tedloc.pipeline.localizer import Localizer
+    from tedloc.pipeline.progress import progress
 
     device = resolve_device(config.device)
     if device.type == "cpu" and config.cpu_keep_freed_memory:
@@ -219,7 +219,7 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
         skipped.clear()
 
     by_id = {r.image_id: r for r in records}
-    with tqdm(total=len(records), desc="evaluate: maps", unit="img") as bar:
+    with progress(total=len(records), desc="evaluate: maps", unit="img") as bar:
         for batch in loader:
             skipped.update(batch.bad)
             if len(batch):

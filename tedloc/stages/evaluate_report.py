@@ -178,7 +178,7 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
     Returns the results dict (also written as ``results.json``).  The numbers do not depend
     on ``config.num_workers`` (counts are summed).
     """
-    from tqdm import tqdm
+    from tedloc.pipeline.progress import progress
 
     started = time.perf_counter()
     size = config.eval_size
@@ -209,7 +209,7 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
         for old in overlay_dir.glob("*.png") if overlay_dir.is_dir() else ():
             old.unlink()  # a rerun with another sample size must not leave stale pictures
         with files.jsonl_writer(stage_dir / files.PREDICTIONS) as predictions, \
-                tqdm(total=len(records), desc="evaluate: metrics", unit="img") as bar:
+                progress(total=len(records), desc="evaluate: metrics", unit="img") as bar:
             for part_accs, scored in _scored_chunks(stage_dir, size, accs, inputs.dataset, records,
                                                     config.num_workers, reader, config.centre_prior_sigma):
                 for key, acc in accs.items():

@@ -57,7 +57,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tedloc.artifacts.atomic import BackgroundCommitter
 from tedloc.artifacts.buffer_pool import BufferPool
@@ -110,6 +109,7 @@ from tedloc.pipeline.image_encoders import (
     resolve_device,
 )
 from tedloc.pipeline.image_loader import ImageLoader, make_image_loader, resolve_decode_workers
+from tedloc.pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
     # cache once on disk and the next files reuse them (see BackgroundCommitter).
     with BackgroundCommitter(drop_cache=DROP_STAGED_PAGES) as committer:
         try:
-            for batch in tqdm(loader, desc="pseudo-labels: encode", unit="batch"):
+            for batch in progress(loader, desc="pseudo-labels: encode", unit="batch"):
                 if batch.bad:
                     log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
                 n = len(batch)
@@ -434,7 +434,7 @@ def pooled_features(encoder: ImageEncoder, dataset: Dataset, records: Sequence[R
     """id -> float32 (c,) pooled feature of the readable ``records`` (an encoder pass)."""
     loader = image_loader(config, encoder, dataset, records)
     out: dict[str, np.ndarray] = {}
-    for batch in tqdm(loader, desc="pseudo-labels: pooled features", unit="batch"):
+    for batch in progress(loader, desc="pseudo-labels: pooled features", unit="batch"):
         if len(batch):
             pooled, _, _ = encode_batch(encoder, batch.pixels, with_flip=False,
                                         forward_batch=resolve_forward_batch(config, encoder))
@@ -652,7 +652,7 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
     weight_t = torch.as_tensor(weight, device=encoder.device)
     grids = ["features"] + (["features_flip"] if has_flip else [])
     done = 0
-    for entry in tqdm(sorted(files, key=lambda f: f.seq), desc="pseudo-labels: maps", unit="batch"):
+    for entry in progress(sorted(files, key=lambda f: f.seq), desc="pseudo-labels: maps", unit="batch"):
         rows = [row for row, image_id in enumerate(entry.ids) if image_id in pending]
         skipped = {k: v for k, v in entry.skipped.items() if k in pending}
         whole = len(rows) == len(entry.ids) and len(skipped) == len(entry.skipped)
@@ -808,7 +808,7 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
     weight_t = torch.as_tensor(weight, device=encoder.device)
     loader = image_loader(config, encoder, dataset, records)
     done = 0
-    for batch in tqdm(loader, desc="pseudo-labels: maps", unit="batch"):
+    for batch in progress(loader, desc="pseudo-labels: maps", unit="batch"):
         if batch.bad:
             log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
         arrays: dict[str, np.ndarray] = {}
