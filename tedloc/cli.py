@@ -285,6 +285,8 @@ def demo_command(
                f"({results.get('num_images')} images), values in %:\n")
     typer.echo(summary_table(results))
     typer.echo(f"\nfull results: {evaluate_dir / 'results.md'}")
+    if (evaluate_dir / "index.html").is_file():
+        typer.echo(f"browse:       {evaluate_dir / 'index.html'} (every image, sortable by IoU)")
     typer.echo(f"pictures:     {evaluate_dir / 'overlays'}  and  {evaluate_dir / 'boxacc_curve.png'}")
     typer.echo(f"took {seconds:.1f} s (artifacts in {workdir}; a rerun resumes from them)")
 

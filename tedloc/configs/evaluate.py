@@ -30,7 +30,8 @@ class Config(StageConfig):
     # which the manifest records; a finished run asked for other values rewrites its
     # report from the shards.
     NOT_HASHED = frozenset({"dataset", "metadata", "class_names", "name", "batch_size", "num_workers", "device",
-                            "shard_size", "cpu_keep_freed_memory", "num_overlays", "export_scoremaps", "box_fraction_bins", "centre_prior",
+                            "shard_size", "cpu_keep_freed_memory", "num_overlays", "html", "html_max_images",
+                            "html_image_size", "export_scoremaps", "box_fraction_bins", "centre_prior",
                             "centre_prior_sigma"})
     #: The NOT_HASHED fields that change results.json (compared with the manifest's).
     REPORT_FIELDS = ("box_fraction_bins", "centre_prior", "centre_prior_sigma")
@@ -104,6 +105,13 @@ class Config(StageConfig):
     # One float .npy per image id under evaluate/<name>/scoremaps/ (wsolevaluation's layout).
     export_scoremaps: bool = option(False, "Also write each map as scoremaps/<image id>.npy (wsolevaluation layout).")
 
+    # A self-contained page (no server, no network) to browse the results and every image.
+    html: bool = option(True, "Write index.html: the results, the curves and every image's map with its boxes.")
+    # About 10-15 kB per image at 240 px; a larger split shows this many, spread over the
+    # IoU ranking (worst and best included).
+    html_max_images: int = option(2000, "Images shown in index.html at most (beyond: spread over the IoU ranking).")
+    html_image_size: int = option(240, "Long side of each picture in index.html, in pixels.")
+
     # --- resources (no effect on the numbers) -----------------------------------------
     batch_size: int = option(32, "Images per forward pass.")
     num_workers: int = option(2, "Image-decoding worker processes (0 = in the main process).")
@@ -143,6 +151,8 @@ class Config(StageConfig):
         for name in ("eval_size", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"evaluate: {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("limit", "num_workers", "num_overlays"):
+        if self.html_image_size < 16:
+            raise ConfigError(f"evaluate: html_image_size must be at least 16, got {self.html_image_size}")
+        for name in ("limit", "num_workers", "num_overlays", "html_max_images"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"evaluate: {name} must not be negative")

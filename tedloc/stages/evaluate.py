@@ -38,13 +38,14 @@ from tedloc.artifacts.store import (
 )
 from tedloc.config import hash_json
 from tedloc.configs.evaluate import Config
-from tedloc.data.classes import match_classes
 from tedloc.data.records import Dataset, Record
 from tedloc.data.source import DatasetSource
 from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
 from tedloc.paths import absolute_dataset_spec, absolute_spec
 from tedloc.pipeline import metrics
+from tedloc.stages.evaluate_baseline import load_baseline
 from tedloc.stages.evaluate_classes import scored_classes
+from tedloc.stages.evaluate_html import INDEX_HTML
 from tedloc.stages.evaluate_report import ReportInputs, compute_report
 
 log = logging.getLogger(__name__)
@@ -111,64 +112,6 @@ def baseline_threshold_of(config: Config, pseudo_manifest: dict[str, Any] | None
 
 # ----------------------------------------------------------------------------- phase 1: maps
 
-class _Baseline:
-    """The CAM of the pseudo-label classifier: ``grid · W[y] + b[y]`` for the GT class y,
-    and the classifier's logits ``pooled · Wᵀ + b`` (its own class prediction)."""
-
-    def __init__(self, weight: np.ndarray, bias: np.ndarray):
-        import torch
-
-        self.weight = torch.as_tensor(np.asarray(weight, np.float32))
-        self.bias = torch.as_tensor(np.asarray(bias, np.float32))
-
-    def __call__(self, grid, pooled, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """grid float (B, h, w, c), pooled (B, c), labels (B,) -> maps (B, h, w), logits (B, C)."""
-        import torch
-
-        from tedloc.pipeline.cam import class_activation_maps
-
-        weight = self.weight.to(grid.device)
-        bias = self.bias.to(grid.device)
-        logits = pooled.float() @ weight.T + bias
-        index = torch.as_tensor(labels, device=grid.device, dtype=torch.long)
-        maps = class_activation_maps(grid.float(), weight, index, bias)
-        return maps.cpu().numpy(), logits.float().cpu().numpy()
-
-
-def _load_baseline(workdir: Path, pseudo_manifest: dict[str, Any] | None, encoder, class_names: list[str],
-                   device) -> tuple[_Baseline, Any] | None:
-    """The CAM baseline and the encoder whose grid it reads (the localizer's own encoder when
-    the pseudo-labels used the same one, the usual case), or None without a classifier file.
-    Its rows are put in the order of ``class_names`` (the model's) by name."""
-    from tedloc.artifacts.pseudo_labels import CLASSIFIER_FILE, read_classifier, stage_dir
-
-    path = stage_dir(workdir) / CLASSIFIER_FILE
-    if not path.is_file():
-        log.warning("%s not found: the CAM baseline is left out", path)
-        return None
-    classifier = read_classifier(path)
-    spec = (pseudo_manifest or {}).get("encoder") or encoder.spec
-    input_size = int((pseudo_manifest or {}).get("input_size") or encoder.input_size)
-    cam_encoder = encoder
-    if (spec, input_size) != (encoder.spec, encoder.input_size):
-        from tedloc.pipeline.image_encoders import build_image_encoder
-
-        log.info("CAM baseline: pseudo-label encoder %s @%d differs from the model's %s @%d",
-                 spec, input_size, encoder.spec, encoder.input_size)
-        cam_encoder = build_image_encoder(spec, input_size=input_size, device=device)
-    weight, bias = classifier.weight, classifier.bias
-    num_classes = len(class_names)
-    if (pseudo_manifest or {}).get("class_names") and weight.shape[0] == num_classes:
-        order = match_classes(class_names, pseudo_manifest["class_names"], found_where="the model",
-                              wanted_where=str(path), hint="rerun train on these pseudo-labels")
-        if order is not None:  # train mapped the pseudo-labels' classes to the anchors' order
-            weight, bias = weight[order], bias[order]
-    if weight.shape != (num_classes, cam_encoder.feature_dim) or bias.shape != (num_classes,):
-        raise ArtifactError(f"{path}: weight {weight.shape} / bias {bias.shape} do not match "
-                            f"{num_classes} classes × {cam_encoder.feature_dim} features of {spec}")
-    return _Baseline(weight, bias), cam_encoder
-
-
 def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: Sequence[Record],
                   writer: ShardedWriter, checkpoint_path: Path) -> None:
     """Phase 1: run the model (and the baseline) on ``records``; write shards of maps."""
@@ -187,7 +130,7 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
     encoder = localizer.encoder
     num_classes = len(localizer.class_names)
     # The CAM baseline maps the GT class among the model's: not defined for other classes.
-    loaded = (_load_baseline(workdir, _pseudo_manifest(workdir), encoder, list(localizer.class_names), device)
+    loaded = (load_baseline(workdir, _pseudo_manifest(workdir), encoder, list(localizer.class_names), device)
               if config.baseline and not config.class_agnostic else None)
     baseline, cam_encoder = loaded if loaded is not None else (None, None)
     size = config.eval_size
@@ -346,9 +289,11 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
             "train_identity": train_identity,
             "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
             "num_overlays": config.num_overlays, "export_scoremaps": config.export_scoremaps,
+            "html": _html_settings(config),
             "report_settings": _report_settings(config), "summary": summary,
             "outputs": [files.RESULTS_JSON, files.RESULTS_MD, files.PREDICTIONS, files.CURVE_PNG,
-                        files.OVERLAY_DIR] + ([files.SCOREMAP_DIR] if config.export_scoremaps else []),
+                        files.OVERLAY_DIR] + ([files.SCOREMAP_DIR] if config.export_scoremaps else [])
+                       + ([INDEX_HTML] if config.html else []),
         })
     if path is None:  # cannot happen with one process; kept for the contract of finish()
         raise ArtifactError(f"{stage_dir}: images are missing after the run")
@@ -378,4 +323,10 @@ def _outputs_missing(stage_dir: Path, config: Config) -> bool:
     if not all((stage_dir / name).is_file() for name in (files.RESULTS_JSON, files.RESULTS_MD, files.PREDICTIONS)):
         return True
     return (manifest.get("num_overlays") != config.num_overlays
-            or manifest.get("report_settings") != _report_settings(config))
+            or manifest.get("report_settings") != _report_settings(config)
+            or manifest.get("html") != _html_settings(config))
+
+
+def _html_settings(config: Config) -> dict[str, Any] | None:
+    """What index.html was made with (None: not written), to rewrite it when asked otherwise."""
+    return {"max_images": config.html_max_images, "image_size": config.html_image_size} if config.html else None

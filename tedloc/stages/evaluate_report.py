@@ -264,6 +264,11 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
     }
     files.write_results(stage_dir, results)
     _write_curve(stage_dir, results, inputs.stored_threshold)
+    if config.html:  # after predictions.jsonl and results.json, whose numbers it shows
+        from tedloc.stages.evaluate_html import write_index_html
+
+        write_index_html(stage_dir, results, inputs.dataset, records, name=stage_dir.name,
+                         max_images=config.html_max_images, side=config.html_image_size)
     log.info("evaluate: metrics of %d images in %.1f s", len(records), time.perf_counter() - started)
     return results
 
