@@ -182,10 +182,23 @@ def test_the_source_is_recorded_in_the_artifacts(tmp_path):
     workdir = make_model_workdir(tmp_path / "w", root)
     pseudo = json.loads((workdir / "pseudo_labels" / "manifest.json").read_text())
     source = str(root / "metadata" / "class_names.txt")
-    assert pseudo["config"]["class_names_source"] == source and pseudo["class_names_source"] == source
+    assert pseudo["class_names_source"] == source
     result = invoke("--workdir", workdir, "stage", "evaluate", "--num-workers", "0", "--device", "cpu",
                     "--num-overlays", "0")
     assert result.exit_code == 0, result.output
     evaluation = workdir / "evaluate" / "data-test"
-    assert json.loads((evaluation / "manifest.json").read_text())["config"]["class_names_source"] == source
+    assert json.loads((evaluation / "manifest.json").read_text())["class_names_source"] == source
     assert json.loads((evaluation / "results.json").read_text())["class_names_source"] == source
+
+
+def test_hugging_face_classlabel_names_and_an_explicit_file(tmp_path):
+    from tests.test_data_readers import make_hf
+
+    spec = f"hf:{make_hf(tmp_path / 'hfds')}?image=img&label=lbl"
+    dataset = open_dataset(spec, "train")
+    assert dataset.class_names == ["apple", "pear"]  # the ClassLabel's own, untouched
+    names = tmp_path / "names.txt"
+    names.write_text("green apple\nyellow pear\n")
+    dataset = open_dataset(spec, "train", class_names=names)
+    assert dataset.class_names == ["green apple", "yellow pear"]
+    assert dataset.class_names_source == f"--class-names {names}"

@@ -148,7 +148,7 @@ def select_records(dataset: Dataset, limit: int) -> list[Record]:
 
 
 def make_header(config: Config, *, records: Sequence[Record], class_names: Sequence[str],
-                encoder_fingerprint: str, method: str, class_names_source: str = "") -> ArtifactHeader:
+                encoder_fingerprint: str, method: str) -> ArtifactHeader:
     config_hash = hash_json({
         "config": config.hashed_dict(),
         "images": hash_json([[r.image_id, r.label] for r in records]),
@@ -156,8 +156,7 @@ def make_header(config: Config, *, records: Sequence[Record], class_names: Seque
         "encoder_fingerprint": encoder_fingerprint,
         "method": method,
     })
-    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION,
-                          config={**config.stored_dict(), "class_names_source": class_names_source},
+    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.stored_dict(),
                           config_hash=config_hash, upstream_hash="")
 
 
@@ -720,8 +719,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         encoder = build_image_encoder(config.encoder, input_size=config.input_size or None, device=device)
         fingerprint = encoder.fingerprint
     header = make_header(config, records=records, class_names=dataset.class_names,
-                         encoder_fingerprint=fingerprint, method=method,
-                         class_names_source=dataset.class_names_source)
+                         encoder_fingerprint=fingerprint, method=method)
 
     # The classifier cannot be redone by resuming: the maps on disk were made with it.
     writer = ShardedWriter(directory, header, num_shards=num_shards, shard_index=shard_index,

@@ -114,7 +114,7 @@ def resolve_class_names(config: Config) -> tuple[list[str], list[str], str]:
 
 
 def make_header(config: Config, *, class_names: list[str], prompt_names: list[str],
-                templates: list[str], encoder_fingerprint: str, class_names_source: str = "") -> ArtifactHeader:
+                templates: list[str], encoder_fingerprint: str) -> ArtifactHeader:
     config_hash = hash_json({
         "config": config.hashed_dict(),
         "class_names": class_names,
@@ -122,9 +122,7 @@ def make_header(config: Config, *, class_names: list[str], prompt_names: list[st
         "templates": templates,
         "encoder_fingerprint": encoder_fingerprint,
     })
-    # The names enter the hash by content; where they came from is recorded beside the config.
-    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION,
-                          config={**config.stored_dict(), "class_names_source": class_names_source},
+    return ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.stored_dict(),
                           config_hash=config_hash, upstream_hash="")
 
 
@@ -144,7 +142,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         encoder = text_encoders.build_text_encoder(config.text_encoder, device=config.device)
         fingerprint = encoder.fingerprint
     header = make_header(config, class_names=class_names, prompt_names=prompt_names,
-                         templates=templates, encoder_fingerprint=fingerprint, class_names_source=names_source)
+                         templates=templates, encoder_fingerprint=fingerprint)
 
     with StageLock(directory / ".lock"):
         if prepare_stage_dir(directory, header, supported_versions=SUPPORTED_VERSIONS, overwrite=overwrite):
@@ -163,6 +161,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
             "orthogonalization": result.branch,
             "mean_abs_cos_before": result.mean_abs_cos_before,
             "mean_abs_cos_after": result.mean_abs_cos_after,
+            "class_names_source": names_source,  # where the names came from (they enter the hash)
         }
         path = write_text_embed(directory / FILE_NAME, header, class_names=class_names,
                                 prompt_names=prompt_names, templates=templates, raw=raw,
@@ -170,7 +169,6 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         manifest = write_manifest(directory, header, files=[FILE_NAME], extra={
             **attrs, "num_classes": len(class_names), "dim": int(raw.shape[1]),
             "dataset": header.config["dataset"], "split": config.split, "templates": templates,
-            "class_names_source": names_source,
         })
     log.info(
         "text-embed: %d classes (%s%s) encoded with %s (d=%d) from %d template(s) %s; "
