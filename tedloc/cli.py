@@ -294,7 +294,10 @@ def demo_command(
 @data_app.command("check")
 @reports_errors
 def data_check_command(
-    dataset: str = typer.Argument(..., help="Dataset spec (a folder, 'demo', 'hf:NAME', ...)."),
+    dataset: Optional[str] = typer.Argument(None, metavar="[DATASET]",
+                                            help="Dataset spec (a folder, 'demo', 'hf:NAME', ...)."),
+    dataset_option: Optional[str] = typer.Option(None, "--dataset",
+                                                 help="The dataset spec, as the stages spell it (instead of DATASET)."),
     split: list[str] = typer.Option(["train", "test"], "--split", help="Split(s) to check."),
     decode: bool = typer.Option(True, "--decode/--no-decode", help="Decode every image (slower, finds corrupt files)."),
     metadata: Optional[str] = typer.Option(
@@ -305,6 +308,10 @@ def data_check_command(
     """Validate a dataset: files, ids, labels, boxes; print counts and every problem."""
     from tedloc.data.check import check_dataset
 
+    # The stages take `--dataset`; accepting it here too means a command copied from a stage works.
+    if (dataset is None) == (dataset_option is None):
+        raise typer.BadParameter("give the dataset once: as DATASET or as --dataset", param_hint="DATASET")
+    dataset = dataset if dataset is not None else dataset_option
     report = check_dataset(dataset, splits=split, decode=decode, metadata=metadata, class_names=class_names)
     typer.echo(report.render())
     if report.problems:
