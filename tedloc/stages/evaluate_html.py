@@ -46,7 +46,7 @@ _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}
 #images th{cursor:pointer}#images th:hover{background:#e0e8ff}#images td{vertical-align:middle}
-#images img{display:block}.note{color:#555;max-width:60em}"""
+#images img{display:block}#images td{text-align:left}.wide{overflow-x:auto}.note{color:#555;max-width:60em}"""
 
 # Sorts the image table by the clicked column (numbers as numbers; empty cells last).
 _SCRIPT = """function sortBy(col){const t=document.getElementById('images'),b=t.tBodies[0];
@@ -88,8 +88,8 @@ def results_tables(results: Mapping[str, Any]) -> str:
              _cell(m["overall"].get("oracle_threshold"), 2)] + [_cell(m["overall"].get(k)) for k in columns]
             for _, m in methods]
     parts = ["<h2>Results (%)</h2>",
-             _table(["Method", "map uses GT label", "stored τ", "oracle τ"]
-                    + [files.METRIC_COLUMNS[k] for k in columns], rows)]
+             '<div class="wide">' + _table(["Method", "map uses GT label", "stored τ", "oracle τ"]
+                                           + [files.METRIC_COLUMNS[k] for k in columns], rows) + "</div>"]
     keys = results.get("conventions", {}).get("groups", {})
     for family, title in files.GROUP_TITLES.items():
         group_rows = [[_e(m["label"]), _e(key)] + [_cell(m.get(family, {}).get(key, {}).get(c))
