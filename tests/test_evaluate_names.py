@@ -104,6 +104,16 @@ def test_the_models_own_classes_class_agnostic_give_the_same_maps(model):
     assert agnostic["methods"]["tedloc"]["overall"]["top1_loc"] is None
 
 
+def test_class_agnostic_without_boxes_or_masks_is_one_line(model, tmp_path):
+    workdir, _, _, _ = model
+    photos = tmp_path / "photos"  # an ImageFolder without boxes.csv
+    for name in ("cat", "dog"):
+        (photos / name).mkdir(parents=True)
+        (photos / name / "a.png").write_bytes((tmp_path / "data" / "images" / "test" / "0000.png").read_bytes())
+    assert_one_line_error(invoke(*_args(workdir, "--dataset", photos, "--class-agnostic")),
+                          f"{photos}: split 'test' has neither boxes nor masks")
+
+
 def test_default_names():
     assert default_name("demo", "test") == "demo-test"
     assert default_name("/data/CUB_200_2011", "test") == "CUB_200_2011-test"

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from tedloc.data.classes import match_classes, remap_records
 from tedloc.data.records import Dataset, Record
+from tedloc.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,14 @@ def scored_classes(dataset: Dataset, records: Sequence[Record], model_names: Seq
     ``model_names`` (empty: the dataset's classes are taken as the model's).
 
     Raises ConfigError (via :func:`match_classes`) for other classes without
-    ``class_agnostic``; the message names the option.
+    ``class_agnostic``, the message naming the option; InputError for a class-agnostic
+    evaluation of a split without boxes or masks (nothing it could score).
     """
     model_names = [str(n) for n in model_names] or list(dataset.class_names)
     if class_agnostic:
+        if records and not any(len(r.boxes) or r.mask_paths or r.mask_path for r in records):
+            raise InputError(dataset.spec, f"split {dataset.split!r} has neither boxes nor masks: a class-agnostic "
+                                           "evaluation scores the maps against them only")
         log.info("evaluate: class-agnostic: %s; %d dataset classes, the model has %d", CLASS_AGNOSTIC_NOTE,
                  len(dataset.class_names), len(model_names))
         return ScoredClasses(list(records), list(dataset.class_names), model_names, None, True)
