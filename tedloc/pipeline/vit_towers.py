@@ -173,8 +173,8 @@ class HFCLIPTower(Tower):
                                     interpolate_pos_encoding=True)
         finally:
             handle.remove()
-        attentions = list(out.attentions) if attention else None
-        if attention and (not attentions or attentions[0] is None):
+        attentions = [a.detach() for a in out.attentions] if attention else None
+        if attention and (not out.attentions or out.attentions[0] is None):
             raise ConfigError("the CLIP model returned no attention weights (load it with eager attention)")
         return out.last_hidden_state, attentions
 
