@@ -35,7 +35,9 @@ _STAND_IN_MODULES = ("torchvision", "torchvision.transforms", "torchvision.trans
 #: Sizes of the tiny towers: width 32, 2 blocks of 2 heads, 64 px images in 8-px patches (8×8 grid).
 TINY_TIMM = dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 #: open_clip configs the tiny models are built from (the paper's EVA-CLIP, a ViT-B/16, a timm ViT).
-BASE_CONFIGS = {"eva": "EVA02-L-14", "vit": "ViT-B-16", "timm-vit": "MobileCLIP2-L-14"}
+#: ``siglip`` and ``resnet`` are towers without a per-patch form (refused).
+BASE_CONFIGS = {"eva": "EVA02-L-14", "vit": "ViT-B-16", "timm-vit": "MobileCLIP2-L-14",
+                "siglip": "ViT-B-16-SigLIP", "resnet": "RN50"}
 
 
 def require(*modules: str) -> None:
@@ -145,8 +147,9 @@ def save_tiny_open_clip(folder: Path, kind: str, *, seed: int = 0) -> Path:
 
     ``kind``: ``eva`` (from ``EVA02-L-14``: a timm EVA-02 tower), ``vit`` (from ``ViT-B-16``:
     open_clip's ViT) or ``timm-vit`` (from ``MobileCLIP2-L-14``: a timm ViT), each shrunk to
-    width 32 and 2 blocks at 64 px (8×8 patches of 8 px), a 1-block text tower, d = 24.  The
-    weights are random: outputs mean nothing.
+    width 32 and 2 blocks at 64 px (8×8 patches of 8 px), a 1-block text tower, d = 24;
+    ``siglip`` and ``resnet`` (towers tedloc refuses) likewise.  The weights are random:
+    outputs mean nothing.
     """
     import torch
 
@@ -157,6 +160,8 @@ def save_tiny_open_clip(folder: Path, kind: str, *, seed: int = 0) -> Path:
     vision = cfg["vision_cfg"]
     if kind == "vit":
         vision.update(image_size=64, patch_size=8, width=32, layers=2, head_width=16)
+    elif kind == "resnet":
+        vision.update(image_size=64, layers=[1, 1, 1, 1], width=16)
     else:
         vision.update(timm_model_name=tiny_timm_model(vision["timm_model_name"]), image_size=64)
         vision.pop("timm_drop_path", None)
