@@ -55,8 +55,9 @@ class Config(StageConfig):
     # CLIP-ES
     clip_es_prompt: str = option("a clean origami {}.", "CLIP-ES class prompt ('{}' = class name).")
     clip_es_backgrounds: tuple[str, ...] = option(CLIP_ES_BACKGROUNDS, "CLIP-ES background categories.")
-    clip_es_refine: bool = option(True, "CLIP-ES attention-affinity refinement.")
-    clip_es_attention_layers: int = option(8, "Last layers whose attention forms the CLIP-ES affinity.")
+    # The authors' method; off = plain Grad-CAM (their step before the refinement).
+    clip_es_refine: bool = option(True, "CLIP-ES attention refinement (off = plain Grad-CAM).")
+    clip_es_attention_layers: int = option(8, "Last blocks whose attention is averaged for the CLIP-ES refinement.")
     clip_es_refine_threshold: float = option(0.4, "CAM level (of its max) of the regions whose boxes mask the CLIP-ES refinement.")
     # The authors' softmax runs over the image's own class prompt and the backgrounds.
     clip_es_softmax_classes: str = option("image", "Prompts of the CLIP-ES softmax: image (its class + backgrounds, the authors') or all (every class + backgrounds).")
