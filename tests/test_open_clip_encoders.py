@@ -119,6 +119,8 @@ def test_recorded_attention_is_the_attention_that_ran(folders):
         eva.run(torch.randn(1, 3, 64, 64))
     handle.remove()
     assert attn.fused_attn == fused  # restored
+    _, last = eva.run(torch.randn(1, 3, 64, 64), attention=1)  # only the last block's is kept
+    assert len(last) == 1 and last[0].shape == (1, 2, 65, 65)
     probs = store[0]
     assert probs.shape == (1, 2, 65, 65)
     torch.testing.assert_close(probs.sum(-1), torch.ones(1, 2, 65))

@@ -248,6 +248,14 @@ class ClipES:
         if self.text.shape[0] != self.num_classes + self.num_backgrounds:
             raise ValueError("text_features must have one row per class and background")
 
+    @classmethod
+    def from_config(cls, encoder: ImageEncoder, class_names: Sequence[str], config) -> ClipES:
+        """Built from the ``clip_es_*`` fields of a pseudo-labels ``Config``."""
+        return cls(encoder, class_names, prompt=config.clip_es_prompt, backgrounds=config.clip_es_backgrounds,
+                   refine=config.clip_es_refine, attention_layers=config.clip_es_attention_layers,
+                   refine_threshold=config.clip_es_refine_threshold,
+                   softmax_classes=config.clip_es_softmax_classes, resolution=config.clip_es_resolution)
+
     def grid_maps(self, pixels: torch.Tensor, labels: torch.Tensor,
                   originals: Sequence[np.ndarray] | None = None) -> torch.Tensor:
         """float32 (B, h, w) maps in [0, 1] on the encoder's grid, of the classes ``labels``
@@ -289,7 +297,7 @@ class ClipES:
         handle = tower.last_norm1.register_forward_hook(make_leaf)
         try:
             with torch.enable_grad():
-                tokens, attentions = tower.run(pixels, attention=self.refine)
+                tokens, attentions = tower.run(pixels, attention=self.attention_layers if self.refine else 0)
                 embedding = image_embedding(tower.head(tokens).float(), tower.num_prefix)
                 score = class_probability(embedding, self.text, rows, target, self.encoder.logit_scale).sum()
                 (grad,) = torch.autograd.grad(score, captured[-1])

@@ -96,7 +96,7 @@ class OpenCLIPViTTower(Tower):
         self.blocks = list(visual.transformer.resblocks)
         self.last_norm1 = self.blocks[-1].ln_1
 
-    def run(self, pixels, *, attention=False):
+    def run(self, pixels, *, attention=0):
         visual = self.visual
         grid = self.grid_of(pixels)
         x = visual.conv1(pixels.to(visual.conv1.weight.dtype))  # (B, D, h, w)
@@ -106,10 +106,10 @@ class OpenCLIPViTTower(Tower):
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + positions.to(x.dtype)
         x = visual.ln_pre(x)  # patch dropout is off: the tower is frozen in eval mode
-        with record_attention([b.attn for b in self.blocks]) if attention else contextlib.nullcontext() as store:
+        with _recording(self.blocks, attention) as store:
             for block in self.blocks:
                 x = block(x)
-        return x, (list(store) if attention else None)
+        return x, (list(store) if attention > 0 else None)
 
     def head(self, tokens):
         x = self.visual.ln_post(tokens)
@@ -181,19 +181,24 @@ class TimmTower(Tower):
         # pos_drop and patch dropout are off: the tower is frozen in eval mode
         return trunk.norm_pre(trunk.pos_drop(x))
 
-    def run(self, pixels, *, attention=False):
+    def run(self, pixels, *, attention=0):
         grid = self.grid_of(pixels)
         x = self._embed(pixels, grid)
         rope = self._rope(grid)
-        with record_attention([b.attn for b in self.blocks]) if attention else contextlib.nullcontext() as store:
+        with _recording(self.blocks, attention) as store:
             for block in self.blocks:
                 x = block(x) if rope is None else block(x, rope=rope)
-        return x, (list(store) if attention else None)
+        return x, (list(store) if attention > 0 else None)
 
     def head(self, tokens):
         trunk = self.trunk
         x = trunk.head(trunk.head_drop(trunk.fc_norm(trunk.norm(tokens))))
         return self.model.head(x)
+
+
+def _recording(blocks, last: int):
+    """Records the attention of the last ``last`` blocks (a null context for 0)."""
+    return record_attention([b.attn for b in blocks[-last:]]) if last > 0 else contextlib.nullcontext()
 
 
 def open_clip_tower(visual: nn.Module, spec: str) -> Tower:

@@ -11,8 +11,9 @@ resized bilinearly (``align_corners=False``), as CLIP-ES resizes them
 
 Two more pieces serve CLIP-ES (``tedloc.pipeline.clip_es``): ``last_norm1``, the norm in
 front of the last block's attention, whose output CLIP-ES takes Grad-CAM at, and
-``run(..., attention=True)``, which also returns every block's attention probabilities
-(B, heads, L, L), L = P + h·w.
+``run(..., attention=k)``, which also returns the attention probabilities (B, heads, L, L),
+L = P + h·w, of the last k blocks (only those are kept: at an image's own size L can be in
+the thousands, and each block's record takes heads·L² floats).
 
 Kinds: :class:`HFCLIPTower` (``transformers`` CLIP, here); the open_clip ViT and the timm
 ViT/EVA towers of open_clip models are in ``tedloc.pipeline.open_clip_towers``.
@@ -67,10 +68,10 @@ class Tower:
             raise ValueError(f"input {height}x{width} is not a multiple of the patch size {p}")
         return height // p, width // p
 
-    def run(self, pixels: torch.Tensor, *, attention: bool = False
+    def run(self, pixels: torch.Tensor, *, attention: int = 0
             ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """Last-block tokens float (B, P + h·w, D) and, with ``attention``, each block's
-        attention probabilities (B, heads, L, L), first block first (else None)."""
+        """Last-block tokens float (B, P + h·w, D) and, with ``attention`` = k > 0, the
+        attention probabilities (B, heads, L, L) of the last k blocks, in block order (else None)."""
         raise NotImplementedError
 
     def head(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -163,18 +164,18 @@ class HFCLIPTower(Tower):
         grid_positions = resize_position_grid(positions[1:], self.native_grid, grid)
         return tokens + torch.cat([positions[:1], grid_positions]).to(patches.dtype)
 
-    def run(self, pixels, *, attention=False):
+    def run(self, pixels, *, attention=0):
         self.grid_of(pixels)
         handle = self.vision_model.embeddings.register_forward_hook(self._embed, with_kwargs=True)
         try:
             # interpolate_pos_encoding=True only lifts the model's size check: the hook
             # replaces the embeddings it computes.
-            out = self.vision_model(pixel_values=pixels, output_attentions=attention,
+            out = self.vision_model(pixel_values=pixels, output_attentions=attention > 0,
                                     interpolate_pos_encoding=True)
         finally:
             handle.remove()
-        attentions = [a.detach() for a in out.attentions] if attention else None
-        if attention and (not out.attentions or out.attentions[0] is None):
+        attentions = [a.detach() for a in out.attentions[-attention:]] if attention > 0 else None
+        if attention > 0 and (not out.attentions or out.attentions[0] is None):
             raise ConfigError("the CLIP model returned no attention weights (load it with eager attention)")
         return out.last_hidden_state, attentions
 

@@ -797,11 +797,7 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
     if method == "clip-es":
         from tedloc.pipeline.clip_es import ClipES
 
-        clip_es = ClipES(encoder, dataset.class_names, prompt=config.clip_es_prompt,
-                         backgrounds=config.clip_es_backgrounds, refine=config.clip_es_refine,
-                         attention_layers=config.clip_es_attention_layers,
-                         refine_threshold=config.clip_es_refine_threshold,
-                         softmax_classes=config.clip_es_softmax_classes, resolution=config.clip_es_resolution)
+        clip_es = ClipES.from_config(encoder, dataset.class_names, config)
     by_id = {r.image_id: r for r in records}
     janitor = _StagingJanitor(staged, writer)
     buffer = _ShardBuffer(writer, config.shard_size, _dataset_attrs(config, encoder, method),
