@@ -45,8 +45,10 @@ class Config(StageConfig):
                                         "Prompt template, '{}' = class name; repeat for an ensemble.")
     # One template per line ('#' comments); replaces --templates when given.
     templates_file: str = option("", "File with one prompt template per line; replaces --templates ('' = none).")
-    # minilm | clip:<hub id or folder> | open_clip:<model>/<pretrained>
-    text_encoder: str = option("minilm", "Text encoder: minilm, clip:<hub id or folder>, open_clip:<model>/<pretrained>.")
+    # minilm | clip:<hub id or folder> | open_clip:<model>/<pretrained> (the image encoder's spec
+    # gives anchors in its joint space; the paper's: open_clip:EVA02-L-14/merged2b_s4b_b131k)
+    text_encoder: str = option("minilm", "Text encoder: minilm (default), open_clip:EVA02-L-14/merged2b_s4b_b131k (the paper's "
+                               "EVA-CLIP), clip:<hub id or folder>, open_clip:<model>/<tag or file>, open_clip:local-dir:<folder>.")
     # Off = the paper's ablation without QR orthogonalization (anchors = raw embeddings).
     orthogonalize: bool = option(True, "QR-orthogonalize the class embeddings into anchors.")
     # Prompts per forward pass of the text encoder.

@@ -133,10 +133,10 @@ def resolve_sharding(config: Config) -> tuple[int, int]:
 def resolve_method(config: Config) -> str:
     clip = config.encoder.startswith(("clip:", "open_clip:"))
     if config.method == "auto":
-        return "clip-es" if config.encoder.startswith("clip:") else "cam"
-    if config.method == "clip-es" and not config.encoder.startswith("clip:"):
-        raise ConfigError(f"pseudo_labels: method clip-es needs a clip:<model> encoder, got {config.encoder!r}"
-                          + (" (open_clip is supported with method cam)" if clip else ""))
+        return "clip-es" if clip else "cam"
+    if config.method == "clip-es" and not clip:
+        raise ConfigError(f"pseudo_labels: method clip-es needs a CLIP encoder (clip:<model> or "
+                          f"open_clip:<model>), got {config.encoder!r}")
     return config.method
 
 
@@ -682,19 +682,21 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
 
 
 def compute_maps(encoder: ImageEncoder, pixels: torch.Tensor, labels: torch.Tensor, *, method: str,
-                 weight: torch.Tensor, clip_es, want_grid: bool, want_flip: bool, forward_batch: int = 0
+                 weight: torch.Tensor, clip_es, want_grid: bool, want_flip: bool, forward_batch: int = 0,
+                 originals: Sequence[np.ndarray] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Two-pass fallback, one batch of uint8 (B, S, S, 3) ``pixels``: (maps float32 (B, h, w)
     in [0, 1], grid or None, flipped grid or None).  Grid and flipped grid come from the same
     forwards of ``[images; flipped]`` (:func:`encode_batch`); CLIP-ES adds its own forward
-    with gradients."""
+    with gradients (on ``originals``, the images at their own sizes, for its resolution
+    ``image``)."""
     grid = flip_grid = None
     if method == "cam" or want_grid:
         _, grid, flip_grid = encode_batch(encoder, pixels, with_flip=want_flip, forward_batch=forward_batch)
     if method == "cam":
         maps = cam_from_grid(grid, weight, labels)
     else:
-        maps = clip_es.maps(encoder.normalize(pixels), labels)
+        maps = clip_es.grid_maps(pixels, labels, originals).to(labels.device)
     return maps, grid if want_grid else None, flip_grid
 
 
@@ -796,10 +798,8 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
     if method == "clip-es":
         from tedloc.pipeline.clip_es import ClipES
 
-        clip_es = ClipES(encoder, dataset.class_names, prompt=config.clip_es_prompt,
-                         backgrounds=config.clip_es_backgrounds, refine=config.clip_es_refine,
-                         attention_layers=config.clip_es_attention_layers,
-                         refine_threshold=config.clip_es_refine_threshold)
+        clip_es = ClipES.from_config(encoder, dataset.class_names, config)
+    by_id = {r.image_id: r for r in records}
     janitor = _StagingJanitor(staged, writer)
     buffer = _ShardBuffer(writer, config.shard_size, _dataset_attrs(config, encoder, method),
                           on_flush=janitor.sweep, compression=_feature_compression(config))
@@ -812,10 +812,14 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
         arrays: dict[str, np.ndarray] = {}
         if len(batch):
             labels = torch.as_tensor(batch.labels, device=encoder.device)
+            # CLIP-ES at each image's own size decodes it again (the loader resized it)
+            originals = ([dataset.load_image(by_id[i]) for i in batch.ids]
+                         if clip_es is not None and clip_es.resolution == "image" else None)
             maps, grid, flip_grid = compute_maps(encoder, batch.pixels, labels, method=method,
                                                  weight=weight_t, clip_es=clip_es,
                                                  want_grid=has_features, want_flip=has_flip,
-                                                 forward_batch=resolve_forward_batch(config, encoder))
+                                                 forward_batch=resolve_forward_batch(config, encoder),
+                                                 originals=originals)
             arrays = _map_rows(config, encoder, maps, batch.labels, batch.sizes)
             scoring.add(batch.ids, arrays)
             if grid is not None:
