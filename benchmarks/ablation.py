@@ -49,6 +49,8 @@ SECTION_TITLE = "## Ablation on the demo's val split"
 #: Written by benchmarks/demo.py; sections below it survive the demo's rewrite of the report.
 OTHER_MARKER = "<!-- other benchmarks -->"
 SPLIT = "val"
+#: The evaluation's name: its results are in ``<run>/evaluate/<EVALUATION>/``.
+EVALUATION = "demo-val"
 #: Metric key of evaluate's results.json -> column title, in table order.
 METRICS = {
     "max_box_acc_v2": "MaxBoxAccV2",
@@ -110,7 +112,7 @@ def run_configs(variant: Variant, seed: int) -> dict[str, Any]:
 
     configs = stage_configs(DemoConfig())
     overrides = {"text-embed": dict(variant.text_embed), "pseudo-labels": {},
-                 "train": {**variant.train, "seed": seed}, "evaluate": {"split": SPLIT}}
+                 "train": {**variant.train, "seed": seed}, "evaluate": {"split": SPLIT, "name": EVALUATION}}
     return {stage: dataclasses.replace(config, **overrides[stage]) for stage, config in configs.items()}
 
 
@@ -250,7 +252,7 @@ def run_all(root: Path, seeds: Sequence[int]) -> dict[str, Any]:
             manifest = json.loads((run / "train" / "manifest.json").read_text())
             runs.append({
                 "variant": variant.key, "seed": seed,
-                "results": read_results(run / "evaluate"),
+                "results": read_results(run / "evaluate" / EVALUATION),
                 "train": {"model_epoch": manifest.get("model_epoch"), "threshold": manifest.get("threshold"),
                           "final": manifest.get("final"), "seconds_per_epoch": manifest.get("seconds_per_epoch")},
                 "patch_classifier_untouched": patch_classifier_untouched(run),
