@@ -128,7 +128,7 @@ def main() -> int:
     first = run_demo(args.workdir)
     rerun = run_demo(args.workdir)
     pseudo = json.loads((args.workdir / "pseudo_labels" / "manifest.json").read_text())
-    evaluate = json.loads((args.workdir / "evaluate" / "manifest.json").read_text())
+    evaluate = json.loads((args.workdir / "evaluate" / "demo-test" / "manifest.json").read_text())
     pl_config, ev_config = pseudo["config"], evaluate["config"]
     flip = bool(pseudo.get("has_flip_features"))
     pl_bare, n_train = bare_forward_images_per_s(

@@ -229,15 +229,16 @@ def predict_command(
         None, "--threshold", help="Map threshold for the boxes [default: the one stored in the checkpoint]."),
     on_bad_image: str = typer.Option("fail", "--on-bad-image", help="fail: stop naming the file; skip: go on."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    maps: bool = typer.Option(False, "--maps", help="Also output each image's map (the model's h×w grid)."),
 ) -> None:
-    """Class, top-5, map and boxes (original pixels) for arbitrary images, as JSON."""
+    """Class, score, top-5 and boxes (original pixels) for arbitrary images, as JSON (maps with --maps)."""
     import json
 
     from tedloc.stages.predict import run_predict
 
     path = checkpoint or checked_workdir(ctx) / "train" / "model.pt"
     result = run_predict(images, checkpoint=path, out_json=out_json, overlays=overlays, threshold=threshold,
-                         on_bad_image=on_bad_image, device=device)
+                         on_bad_image=on_bad_image, device=device, maps=maps)
     if out_json is None:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -251,6 +252,12 @@ def demo_command(
     quick: bool = typer.Option(False, "--quick", help="Smoke run: a class-balanced slice and fewer epochs."),
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Dataset spec [default: the [demo] table's, else the bundled demo data]."),
+    metadata: Optional[str] = typer.Option(
+        None, "--metadata", help="wsolevaluation metadata folder kept apart from the images in --dataset."),
+    class_names: Optional[str] = typer.Option(
+        None, "--class-names", help="File of class names (one per line in label order, or 'synset,name' lines)."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Evaluation name: results in <workdir>/evaluate/<NAME>/ [default: <dataset>-test, demo-test]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute stages whose results differ."),
 ) -> None:
     """Run every stage on the bundled demo data and print TeD-Loc next to the CAM baseline and the centre prior."""
@@ -263,7 +270,8 @@ def demo_command(
     options: GlobalOptions = ctx.find_root().obj
     sections = load_config_file(options.config_file) if options.config_file else {}
     # Options given override the [demo] table; options left out must not mask it.
-    given = {**({"quick": True} if quick else {}), **({"dataset": dataset} if dataset is not None else {})}
+    options_given = {"dataset": dataset, "metadata": metadata, "class_names": class_names, "name": name}
+    given = {**({"quick": True} if quick else {}), **{k: v for k, v in options_given.items() if v is not None}}
     if "demo" in sections:
         Config.from_dict(sections["demo"], source=f"{options.config_file} [demo]")
     config = Config.from_dict({**sections.get("demo", {}), **given}, source="command line")
@@ -272,11 +280,13 @@ def demo_command(
     start = time.perf_counter()
     results = run(config, workdir=workdir, overwrite=overwrite, sections=sections)
     seconds = time.perf_counter() - start
-    evaluate_dir = workdir / "evaluate"
+    evaluate_dir = Path(results["evaluation_dir"])
     typer.echo(f"\nTeD-Loc on {results.get('dataset')} / {results.get('split')} "
                f"({results.get('num_images')} images), values in %:\n")
     typer.echo(summary_table(results))
     typer.echo(f"\nfull results: {evaluate_dir / 'results.md'}")
+    if (evaluate_dir / "index.html").is_file():
+        typer.echo(f"browse:       {evaluate_dir / 'index.html'} (every image, sortable by IoU)")
     typer.echo(f"pictures:     {evaluate_dir / 'overlays'}  and  {evaluate_dir / 'boxacc_curve.png'}")
     typer.echo(f"took {seconds:.1f} s (artifacts in {workdir}; a rerun resumes from them)")
 
@@ -284,14 +294,25 @@ def demo_command(
 @data_app.command("check")
 @reports_errors
 def data_check_command(
-    dataset: str = typer.Argument(..., help="Dataset spec (a folder, 'demo', 'hf:NAME', ...)."),
+    dataset: Optional[str] = typer.Argument(None, metavar="[DATASET]",
+                                            help="Dataset spec (a folder, 'demo', 'hf:NAME', ...)."),
+    dataset_option: Optional[str] = typer.Option(None, "--dataset",
+                                                 help="The dataset spec, as the stages spell it (instead of DATASET)."),
     split: list[str] = typer.Option(["train", "test"], "--split", help="Split(s) to check."),
     decode: bool = typer.Option(True, "--decode/--no-decode", help="Decode every image (slower, finds corrupt files)."),
+    metadata: Optional[str] = typer.Option(
+        None, "--metadata", help="wsolevaluation metadata folder kept apart from the images in DATASET."),
+    class_names: Optional[str] = typer.Option(
+        None, "--class-names", help="File of class names (one per line in label order, or 'synset,name' lines)."),
 ) -> None:
     """Validate a dataset: files, ids, labels, boxes; print counts and every problem."""
     from tedloc.data.check import check_dataset
 
-    report = check_dataset(dataset, splits=split, decode=decode)
+    # The stages take `--dataset`; accepting it here too means a command copied from a stage works.
+    if (dataset is None) == (dataset_option is None):
+        raise typer.BadParameter("give the dataset once: as DATASET or as --dataset", param_hint="DATASET")
+    dataset = dataset if dataset is not None else dataset_option
+    report = check_dataset(dataset, splits=split, decode=decode, metadata=metadata, class_names=class_names)
     typer.echo(report.render())
     if report.problems:
         raise typer.Exit(1)

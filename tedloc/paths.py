@@ -50,13 +50,19 @@ def absolute_dataset_spec(spec: str) -> str:
 
 
 def absolute_encoder_spec(spec: str) -> str:
-    """``clip:<folder>`` and ``open_clip:<model>/<file>`` with the local path made absolute;
+    """``clip:<folder>``, ``open_clip:<model>/<file>`` and ``open_clip:local-dir:<folder>``
+    with the local path made absolute;
     built-in names and hub ids unchanged."""
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         return spec
     if kind == "clip" and Path(rest).exists() and not os.path.isabs(rest):
         return f"clip:{_absolute(rest)}"
+    if kind == "open_clip" and rest.startswith("local-dir:"):
+        folder = rest[len("local-dir:"):]
+        if Path(folder).is_dir() and not os.path.isabs(folder):
+            return f"open_clip:local-dir:{_absolute(folder)}"
+        return spec
     if kind == "open_clip" and not rest.startswith("hf-hub:"):
         model, slash, pretrained = rest.partition("/")
         if slash and Path(pretrained).is_file() and not os.path.isabs(pretrained):

@@ -34,7 +34,7 @@ def draw_image(rng: np.random.Generator, label: int, size: tuple[int, int],
 
 def make_wsol_tree(tmp_path: Path, *, splits: dict[str, int] | None = None, num_classes: int = 2,
                    size: tuple[int, int] = (48, 40), seed: int = 0, masks: bool = False,
-                   name: str = "data") -> Path:
+                   name: str = "data", boxes_too: bool = False) -> Path:
     """Write a tiny wsolevaluation dataset under ``tmp_path / name``; return its root.
 
     Args:
@@ -44,6 +44,7 @@ def make_wsol_tree(tmp_path: Path, *, splits: dict[str, int] | None = None, num_
         size: (width, height) of every image.
         masks: write ``localization.txt`` as ``id,mask_path,ignore_path`` with a PNG mask of
             the object instead of boxes.
+        boxes_too: with ``masks``, also write each object's box line (as the demo data does).
     """
     splits = splits or {"train": 8, "test": 4}
     root = Path(tmp_path) / name
@@ -71,7 +72,7 @@ def make_wsol_tree(tmp_path: Path, *, splits: dict[str, int] | None = None, num_
                 (root / mask_id).parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(root / mask_id), mask)
                 locs.append(f"{image_id},{mask_id},")
-            else:
+            if not masks or boxes_too:
                 locs.append(f"{image_id},{box[0]},{box[1]},{box[2]},{box[3]}")
         (meta / "image_ids.txt").write_text("\n".join(ids) + "\n")
         (meta / "class_labels.txt").write_text("\n".join(labels) + "\n")

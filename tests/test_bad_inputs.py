@@ -273,9 +273,9 @@ def test_evaluate_skip_lists_bad_images_in_manifest_and_inspect(model_workdir):
     assert_one_line_error(invoke(*_evaluate_args(workdir)), "images/test/0002.png", "not a recognized image")
     result = invoke(*_evaluate_args(workdir, "--on-bad-image", "skip"))
     assert result.exit_code == 0, result.output
-    manifest = json.loads((workdir / "evaluate" / "manifest.json").read_text())
+    manifest = json.loads((workdir / "evaluate" / "data-test" / "manifest.json").read_text())
     assert list(manifest["skipped"]) == ["images/test/0002.png"]
-    shown = invoke("inspect", workdir / "evaluate")
+    shown = invoke("inspect", workdir / "evaluate" / "data-test")
     assert shown.exit_code == 0, shown.output
     assert "skipped images/test/0002.png: " in shown.output
 

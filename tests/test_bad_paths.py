@@ -46,9 +46,9 @@ def test_relative_dataset_is_read_from_where_it_was_given(tmp_path, monkeypatch)
     monkeypatch.chdir(elsewhere)
     result = invoke("--workdir", workdir, *EVALUATE)
     assert result.exit_code == 0, result.output
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     assert results["num_images"] == 6  # the project's test split, not elsewhere's 2 images
-    assert json.loads((workdir / "evaluate" / "manifest.json").read_text())["dataset"] == str(project / "data")
+    assert json.loads((workdir / "evaluate" / "data-test" / "manifest.json").read_text())["dataset"] == str(project / "data")
 
 
 def test_relative_dataset_in_messages_is_shown_as_typed(tmp_path, monkeypatch):

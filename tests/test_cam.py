@@ -9,7 +9,7 @@ import torch
 from tedloc.data.wsol import read_wsol
 from tedloc.pipeline import cam as cam_ops
 from tedloc.pipeline.clip_es import ClipES
-from tedloc.pipeline.image_encoders import build_image_encoder
+from tedloc.pipeline.image_encoders import build_image_encoder, resize_image
 from tests.helpers_data import make_wsol_tree, save_tiny_clip
 
 
@@ -94,19 +94,21 @@ def test_pseudo_boxes_and_upsampling():
                                   cam_ops.pseudo_boxes(cam_ops.upsample_maps(random_maps, 48).numpy(), 0.3))
 
 
-def test_clip_es_maps_on_tiny_clip(tmp_path):
+@pytest.mark.parametrize("resolution", ["image", "encoder"])
+def test_clip_es_maps_on_tiny_clip(tmp_path, resolution):
     folder = save_tiny_clip(tmp_path / "clip")
     encoder = build_image_encoder(f"clip:{folder}")
-    root = make_wsol_tree(tmp_path, splits={"train": 4}, num_classes=2, size=(64, 64))
+    root = make_wsol_tree(tmp_path, splits={"train": 4}, num_classes=2, size=(64, 48))
     dataset = read_wsol(root, "train")
-    pixels = encoder.preprocess([dataset.load_image(r) for r in dataset.records])
+    images = [dataset.load_image(r) for r in dataset.records]
+    pixels = torch.from_numpy(np.stack([resize_image(im, encoder.input_size) for im in images]))
     labels = torch.tensor([r.label for r in dataset.records])
     for refine in (False, True):
         method = ClipES(encoder, dataset.class_names, refine=refine, attention_layers=2,
-                        backgrounds=("sky", "road"))
-        maps = method.maps(pixels, labels)
+                        backgrounds=("sky", "road"), resolution=resolution)
+        maps = method.grid_maps(pixels, labels, images)
         assert maps.shape == (4, 8, 8) and torch.isfinite(maps).all()
         assert maps.min() >= 0 and maps.max() <= 1 and (maps.flatten(1).max(1).values == 1).all()
-        torch.testing.assert_close(maps, method.maps(pixels, labels))  # deterministic
+        torch.testing.assert_close(maps, method.grid_maps(pixels, labels, images))  # deterministic
     assert not any(p.requires_grad for p in encoder.parameters())
     assert all(p.grad is None for p in encoder.parameters())

@@ -60,22 +60,22 @@ def test_imagefolder_of_the_models_classes_gives_the_same_metrics(model, tmp_pat
     workdir, root = model
     result = _evaluate(workdir, root)
     assert result.exit_code == 0, result.output
-    original = json.loads((workdir / "evaluate" / "results.json").read_text())
+    original = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     assert "label_map" not in original
 
     folder = _imagefolder_copy(root, tmp_path / "folder")
     result = _evaluate(workdir, folder)
     assert result.exit_code == 0, result.output
-    mapped = json.loads((workdir / "evaluate" / "results.json").read_text())
+    mapped = json.loads((workdir / "evaluate" / "folder-test" / "results.json").read_text())
     assert mapped["dataset_class_names"] == sorted(NAMES)
     # dataset label -> model class: apple 0 -> 1, mango 1 -> 2, zebra 2 -> 0
     assert mapped["label_map"] == [1, 2, 0]
-    assert json.loads((workdir / "evaluate" / "manifest.json").read_text())["label_map"] == [1, 2, 0]
+    assert json.loads((workdir / "evaluate" / "folder-test" / "manifest.json").read_text())["label_map"] == [1, 2, 0]
     assert mapped["class_names"] == NAMES and mapped["num_images"] == original["num_images"] == 9
     assert mapped["methods"]["tedloc"]["overall"]["max_box_acc_v2"] is not None
     assert _metrics(mapped) == _metrics(original)
     # Each prediction's GT label is the model's index of the image's class.
-    for line in (workdir / "evaluate" / "predictions.jsonl").read_text().splitlines():
+    for line in (workdir / "evaluate" / "folder-test" / "predictions.jsonl").read_text().splitlines():
         item = json.loads(line)
         assert item["label_name"] == item["image_id"].split("/")[0]
 
@@ -88,7 +88,7 @@ def test_reordered_class_names_file_gives_the_same_metrics(model, tmp_path):
     second = tmp_path / "w2"
     shutil.copytree(workdir, second)
     assert _evaluate(workdir, root).exit_code == 0
-    original = json.loads((workdir / "evaluate" / "results.json").read_text())
+    original = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     other = tmp_path / "reordered"
     shutil.copytree(root, other)
     order = ["mango", "zebra", "apple"]
@@ -98,7 +98,7 @@ def test_reordered_class_names_file_gives_the_same_metrics(model, tmp_path):
     labels.write_text("".join(f"{i},{order.index(NAMES[int(k)])}\n" for i, k in lines))
     result = _evaluate(second, other)
     assert result.exit_code == 0, result.output
-    mapped = json.loads((second / "evaluate" / "results.json").read_text())
+    mapped = json.loads((second / "evaluate" / "reordered-test" / "results.json").read_text())
     assert mapped["label_map"] == [2, 0, 1]
     assert _metrics(mapped) == _metrics(original)
 
@@ -111,7 +111,7 @@ def test_different_classes_name_every_missing_and_extra_one(model, tmp_path):
     line = assert_one_line_error(_evaluate(workdir, other), str(other), str(workdir / "train" / "model.pt"),
                                  "2 of its 3 classes missing: apple, mango", "2 not among them: pear, kiwi")
     assert "..." not in line
-    assert not (workdir / "evaluate" / "manifest.json").exists()
+    assert not (workdir / "evaluate" / "other-test").exists()
 
 
 def test_match_classes_by_name(caplog):

@@ -139,3 +139,17 @@ def test_imagefolder_and_hf_problems(tmp_path):
     problems = [p.problem for p in report.problems]
     assert any("row 0" in p and "label -1 is outside 0..1" in p for p in problems), problems
     assert any("row 1" in p and "truncated or corrupt JPEG" in p for p in problems), problems
+
+
+def test_dataset_given_as_option_or_argument_once(tmp_path):
+    """`--dataset` (the stages' spelling) checks the same dataset as the positional
+    argument; giving both, or neither, is a usage error (exit 2)."""
+    root = make_clean(tmp_path / "ds")
+    positional = runner.invoke(app, ["data", "check", str(root), "--split", "test"])
+    option = runner.invoke(app, ["data", "check", "--dataset", str(root), "--split", "test"])
+    assert positional.exit_code == option.exit_code == 0, (positional.output, option.output)
+    assert positional.stdout == option.stdout  # the report (the log on stderr has timings)
+    both = runner.invoke(app, ["data", "check", str(root), "--dataset", str(root), "--split", "test"])
+    neither = runner.invoke(app, ["data", "check", "--split", "test"])
+    assert both.exit_code == neither.exit_code == 2
+    assert "give the dataset once" in both.output

@@ -21,10 +21,10 @@ def test_quick_demo_runs_end_to_end_and_reruns_instantly(tmp_path):
     assert "MaxBoxAccV2" in result.output
     assert "By object size" in result.output and "| TeD-Loc (class-agnostic map) | >=0.30 |" in result.output
 
-    for stage in ("text_embed", "pseudo_labels", "train", "evaluate"):
+    for stage in ("text_embed", "pseudo_labels", "train", "evaluate/demo-test"):
         manifest = json.loads((workdir / stage / "manifest.json").read_text())
-        assert manifest["format"] == f"tedloc.{stage}"
-    evaluate = workdir / "evaluate"
+        assert manifest["format"] == f"tedloc.{stage.split('/')[0]}"
+    evaluate = workdir / "evaluate" / "demo-test"
     results = json.loads((evaluate / "results.json").read_text())
     assert results["num_images"] == 48
     for key, method in results["methods"].items():

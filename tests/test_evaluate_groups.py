@@ -51,7 +51,7 @@ def _config(**kwargs):
 def test_groups_hold_the_hand_binned_images_and_equal_evaluations_of_them_alone(workdir):
     workdir, root = workdir
     evaluate.run(_config(), workdir=workdir)
-    stage = workdir / "evaluate"
+    stage = workdir / "evaluate" / "data-test"
     results = json.loads((stage / "results.json").read_text())
     assert set(results["methods"]) == {"tedloc", "cam_baseline", "centre_prior"}
     assert results["conventions"]["groups"]["by_box_fraction"] == ["<0.05", "0.05-0.15", "0.15-0.30", ">=0.30"]
@@ -93,7 +93,7 @@ def test_groups_hold_the_hand_binned_images_and_equal_evaluations_of_them_alone(
 def test_centre_prior_row_scores_the_same_map_for_every_image(workdir):
     workdir, _ = workdir
     evaluate.run(_config(num_workers=2), workdir=workdir)
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     method = results["methods"]["centre_prior"]
     assert method["label"] == "Centre prior (no learning)" and method["uses_label"] is False
     overall = method["overall"]
@@ -124,11 +124,11 @@ def test_changed_report_settings_rewrite_the_report_without_new_maps(workdir, mo
 
     monkeypatch.setattr(Localizer, "predict_features", no_forward)
     evaluate.run(_config(box_fraction_bins=(0.1,), centre_prior=False), workdir=workdir)
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     assert set(results["methods"]) == {"tedloc", "cam_baseline"}
     tedloc = results["methods"]["tedloc"]["by_box_fraction"]
     assert {k: g["num_images"] for k, g in tedloc.items()} == {"<0.10": 2, ">=0.10": 3}  # 0000 and 0004 below 0.10
-    manifest = json.loads((workdir / "evaluate" / "manifest.json").read_text())
+    manifest = json.loads((workdir / "evaluate" / "data-test" / "manifest.json").read_text())
     assert manifest["report_settings"] == {"box_fraction_bins": [0.1], "centre_prior": False,
                                            "centre_prior_sigma": 0.25}
 

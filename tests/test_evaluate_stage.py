@@ -50,7 +50,7 @@ def _config(**kwargs):
 def test_outputs_and_metrics_recomputed_from_shards(setup):
     workdir, root, _ = setup
     manifest_path = evaluate.run(_config(), workdir=workdir)
-    stage = workdir / "evaluate"
+    stage = workdir / "evaluate" / "data-test"
     manifest = json.loads(manifest_path.read_text())
     assert manifest["format"] == "tedloc.evaluate" and manifest["num_images"] == 6
     results = json.loads((stage / "results.json").read_text())
@@ -110,7 +110,7 @@ def test_resume_computes_only_the_rest(setup):
     fake.stop_after = 4  # killed after the first shard of 4 images
     with pytest.raises(KeyboardInterrupt):
         evaluate.run(_config(), workdir=workdir)
-    assert not (workdir / "evaluate" / "manifest.json").exists()
+    assert not (workdir / "evaluate" / "data-test" / "manifest.json").exists()
     assert fake.calls == 4
     fake.stop_after, fake.calls = None, 0
     evaluate.run(_config(), workdir=workdir)
@@ -126,7 +126,7 @@ def test_changed_config_is_refused_unless_overwrite(setup):
     with pytest.raises(ConfigMismatchError):
         evaluate.run(_config(iou_thresholds=(50,)), workdir=workdir)
     evaluate.run(_config(iou_thresholds=(50,)), workdir=workdir, overwrite=True)
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     assert "max_box_acc_v2_iou30" not in results["methods"]["tedloc"]["overall"]
 
 
@@ -136,7 +136,7 @@ def test_export_scoremaps_in_wsolevaluation_layout_without_recomputing(setup):
     fake.calls = 0
     evaluate.run(_config(export_scoremaps=True), workdir=workdir)  # not hashed: report only
     assert fake.calls == 0
-    path = workdir / "evaluate" / "scoremaps" / "images" / "test" / "0000.png.npy"
+    path = workdir / "evaluate" / "data-test" / "scoremaps" / "images" / "test" / "0000.png.npy"
     scoremap = np.load(path)
     assert scoremap.shape == (224, 224) and scoremap.dtype == np.float64
     assert 0.0 <= scoremap.min() and scoremap.max() <= 1.0
@@ -149,7 +149,7 @@ def test_bad_image_fails_naming_it_or_is_skipped(setup):
     with pytest.raises(InputError, match="0002.png"):
         evaluate.run(_config(), workdir=workdir)
     evaluate.run(_config(on_bad_image="skip"), workdir=workdir, overwrite=True)
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     assert results["num_images"] == 5
     assert list(results["skipped"]) == ["images/test/0002.png"]
 
@@ -158,12 +158,12 @@ def test_masks_give_pxap(tmp_path):
     root = make_wsol_tree(tmp_path, splits={"train": 6, "test": 4}, num_classes=2, masks=True)
     workdir = make_model_workdir(tmp_path / "work", root)
     evaluate.run(_config(), workdir=workdir)
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     overall = results["methods"]["tedloc"]["overall"]
     assert overall["num_images_with_masks"] == 4
     assert 0.0 < overall["pxap"] <= 100.0
     assert "max_box_acc_v1" not in overall  # no boxes in this split
-    assert "PxAP" in (workdir / "evaluate" / "results.md").read_text()
+    assert "PxAP" in (workdir / "evaluate" / "data-test" / "results.md").read_text()
 
 
 def test_cam_classifier_shape_mismatch_is_an_artifact_error(setup):
@@ -197,7 +197,7 @@ def test_nan_map_from_the_model_is_refused_naming_the_image(setup, monkeypatch):
 def test_report_is_recomputed_from_shards_identically_with_worker_processes(setup):
     workdir, _, fake = setup
     evaluate.run(_config(), workdir=workdir)
-    stage = workdir / "evaluate"
+    stage = workdir / "evaluate" / "data-test"
     first = json.loads((stage / "results.json").read_text())
     (stage / "manifest.json").unlink()  # shards stay: only the report is redone
     fake.calls = 0
@@ -217,7 +217,7 @@ def test_stage_command_through_the_cli(setup):
                                       "--device", "cpu", "--num-overlays", "1", "--limit", "3"])
     assert result.exit_code == 0, result.output
     assert "evaluate: done" in result.output
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     assert results["num_images"] == 3
     result = CliRunner().invoke(app, ["--workdir", str(workdir), "stage", "evaluate", "--on-bad-image", "maybe"])
     assert result.exit_code == 1 and "on_bad_image" in result.output

@@ -124,7 +124,7 @@ def test_evaluate_rows_belong_to_their_image_under_slow_handoffs(tmp_path, monke
     quiet_rows = _evaluate_rows(quiet_dir)
     for image_id, row in rows.items():
         np.testing.assert_array_equal(row["cam_map"], quiet_rows[image_id]["cam_map"], err_msg=image_id)
-    got, want = (json.loads((d / "evaluate/results.json").read_text()) for d in (workdir, quiet_dir))
+    got, want = (json.loads((d / "evaluate/data-test/results.json").read_text()) for d in (workdir, quiet_dir))
     assert got["methods"] == want["methods"]
 
 
@@ -132,6 +132,6 @@ def _evaluate_rows(workdir: Path) -> dict[str, dict[str, np.ndarray]]:
     from tedloc.artifacts.evaluate import FORMAT
     from tedloc.artifacts.store import ShardedReader
 
-    with ShardedReader(workdir / "evaluate", FORMAT) as reader:
+    with ShardedReader(workdir / "evaluate" / "data-test", FORMAT) as reader:
         return {i: {name: reader.read(name, i) for name in ("map", "cam_map", "class_logits")}
                 for i in reader.ids}

@@ -26,7 +26,7 @@ SHARD = "pseudo_labels/shards/part000of001-00000.h5"
 GRIDS = "pseudo_labels/shards/part000of001-00000.grids.h5"
 CLASSIFIER = "pseudo_labels/cam_classifier.h5"
 TEXT = "text_embed/text_embed.h5"
-EVAL_SHARD = "evaluate/shards/part000of001-00000.h5"
+EVAL_SHARD = "evaluate/data-test/shards/part000of001-00000.h5"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -137,15 +137,16 @@ def assert_same_model(got: Path, want: Path) -> None:
 def assert_same_evaluation(got: Path, want: Path) -> None:
     from tedloc.artifacts.store import ShardedReader
 
-    with ShardedReader(got / "evaluate", "tedloc.evaluate") as a, \
-            ShardedReader(want / "evaluate", "tedloc.evaluate") as b:
+    with ShardedReader(got / "evaluate" / "data-test", "tedloc.evaluate") as a, \
+            ShardedReader(want / "evaluate" / "data-test", "tedloc.evaluate") as b:
         assert a.ids == b.ids
         for name in ("map", "cam_map", "class_logits", "label"):
             np.testing.assert_array_equal(a.read_all(name), b.read_all(name), err_msg=name)
-    a = json.loads((got / "evaluate/results.json").read_text())
-    b = json.loads((want / "evaluate/results.json").read_text())
+    a = json.loads((got / "evaluate/data-test/results.json").read_text())
+    b = json.loads((want / "evaluate/data-test/results.json").read_text())
     assert a["methods"] == b["methods"] and a["num_images"] == b["num_images"]
-    assert (got / "evaluate/predictions.jsonl").read_text() == (want / "evaluate/predictions.jsonl").read_text()
+    predictions = "evaluate/data-test/predictions.jsonl"
+    assert (got / predictions).read_text() == (want / predictions).read_text()
 
 
 def assert_verify_names(workdir: Path, *names: str) -> None:
@@ -335,8 +336,8 @@ def test_train_refuses_damaged_upstream_files(reference, tmp_path, name, damage)
 # ----------------------------------------------------------------------------- evaluate
 
 @pytest.mark.parametrize("name,damage", [(EVAL_SHARD, truncate), (EVAL_SHARD, zero),
-                                         ("evaluate/results.json", truncate),
-                                         ("evaluate/predictions.jsonl", zero)],
+                                         ("evaluate/data-test/results.json", truncate),
+                                         ("evaluate/data-test/predictions.jsonl", zero)],
                          ids=["shard-truncated", "shard-zeroed", "results-truncated", "predictions-zeroed"])
 def test_evaluate_redoes_damaged_files(reference, tmp_path, name, damage):
     workdir = copy_of(reference, tmp_path)
@@ -364,9 +365,9 @@ def test_inspect_verify_names_each_damaged_or_missing_file(reference, tmp_path):
     truncate(workdir / SHARD)
     (workdir / "pseudo_labels/shards/part000of001-00001.grids.h5").unlink()
     zero(workdir / "train/last.pt", 4096)
-    truncate(workdir / "evaluate/results.md")
+    truncate(workdir / "evaluate/data-test/results.md")
     names = [TEXT, SHARD, "pseudo_labels/shards/part000of001-00001.grids.h5",
-             "pseudo_labels/shards/part000of001-00001.h5", "train/last.pt", "evaluate/results.md"]
+             "pseudo_labels/shards/part000of001-00001.h5", "train/last.pt", "evaluate/data-test/results.md"]
     assert_verify_names(workdir, *names)
     output = invoke("inspect", "--verify", workdir).output
     assert "6 of " in output and "damaged or missing" in output

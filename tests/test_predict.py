@@ -31,7 +31,7 @@ def _run(*args):
 
 def test_predict_one_file_prints_json(trained):
     workdir, photos = trained
-    result = _run("--workdir", workdir, "predict", photos / "p0.jpg")
+    result = _run("--workdir", workdir, "predict", photos / "p0.jpg", "--maps")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["threshold"] == THRESHOLD  # the checkpoint's stored threshold
@@ -45,6 +45,15 @@ def test_predict_one_file_prints_json(trained):
     for x0, y0, x1, y1 in pred["boxes"]:
         assert 0 <= x0 <= x1 <= 80 and 0 <= y0 <= y1 <= 60
     assert pred["box"] is None or pred["box"] in pred["boxes"]
+
+
+def test_predict_prints_class_score_and_boxes_and_maps_only_when_asked(trained):
+    workdir, photos = trained
+    result = _run("--workdir", workdir, "predict", photos / "p0.jpg")
+    assert result.exit_code == 0, result.output
+    (pred,) = json.loads(result.stdout)["predictions"]
+    assert {"class_name", "score", "boxes", "box", "top5"} <= set(pred)
+    assert "map" not in pred and "map_size" not in pred  # no grid of numbers unless --maps
 
 
 def test_predict_folder_to_file_with_overlays_and_threshold(trained, tmp_path):
@@ -98,7 +107,7 @@ def test_predict_after_the_real_pipeline(tmp_path):
     workdir = tmp_path / "work"
     model = train_real_pipeline(workdir, root, save_tiny_clip(tmp_path / "clip"))
     evaluate.run(EvaluateConfig(num_workers=0, device="cpu", num_overlays=1), workdir=workdir)
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
     assert results["num_images"] == 4 and set(results["methods"]) == {"tedloc", "cam_baseline", "centre_prior"}
 
     image = root / "images" / "test" / "0001.png"
@@ -108,7 +117,7 @@ def test_predict_after_the_real_pipeline(tmp_path):
     assert pred["class_name"] in ("class0", "class1") and pred["image_size"] == [48, 40]
     # The same image through evaluate gives the same class and boxes (same map processing;
     # evaluate stores maps as float16, which may move a box edge by one 224-grid pixel).
-    line = next(json.loads(x) for x in (workdir / "evaluate" / "predictions.jsonl").read_text().splitlines()
+    line = next(json.loads(x) for x in (workdir / "evaluate" / "data-test" / "predictions.jsonl").read_text().splitlines()
                 if json.loads(x)["image_id"] == "images/test/0001.png")
     assert line["class"] == pred["class"]
     assert len(line["boxes"]) == len(pred["boxes"])

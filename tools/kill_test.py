@@ -49,8 +49,9 @@ import h5py
 import numpy as np
 
 STAGES = ("text-embed", "pseudo-labels", "train", "evaluate")
+# Evaluate writes one folder per evaluation name; the demo data's test split is demo-test.
 STAGE_DIRS = {"text-embed": "text_embed", "pseudo-labels": "pseudo_labels", "train": "train",
-              "evaluate": "evaluate"}
+              "evaluate": "evaluate/demo-test"}
 
 # A small, fast problem: a slice of the bundled demo data and few epochs.
 STAGE_ARGS = {
@@ -285,7 +286,7 @@ def main() -> int:
     for stage in args.stages:
         counts = dict.fromkeys(("killed", "workers", "partial", "left", "resumed", "equal"), 0)
         for trial in range(args.trials):
-            workdir = args.root / f"{STAGE_DIRS[stage]}-{trial:02d}"
+            workdir = args.root / f"{stage.replace('-', '_')}-{trial:02d}"
             for upstream in STAGES[: STAGES.index(stage)]:
                 shutil.copytree(reference / STAGE_DIRS[upstream], workdir / STAGE_DIRS[upstream])
             window = windows[stage]

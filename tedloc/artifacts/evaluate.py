@@ -161,6 +161,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# Evaluation: {results.get('dataset', '?')} / {results.get('split', '?')}",
         "",
+        *([f"**Class-agnostic** ({results.get('left_out', '')}); per-class rows are the dataset's classes.", ""]
+          if results.get("class_agnostic") else []),
         f"{results.get('num_images', 0)} images"
         + (f", {len(results.get('skipped', {}))} skipped" if results.get("skipped") else "")
         + ". All values in %.  Top-1/Top-5/GT-known Loc without a mark are at the method's stored "

@@ -22,6 +22,7 @@ import numpy as np
 
 from tedloc.artifacts import integrity
 from tedloc.artifacts.atomic import TMP_SUFFIX
+from tedloc.artifacts.evaluations import render_evaluations, stage_dirs
 from tedloc.artifacts.store import (
     MANIFEST,
     SHARD_DIR,
@@ -82,12 +83,12 @@ def describe(path: str | Path) -> str:
         return _describe_h5(path)
     if _is_stage_dir(path):
         return _describe_stage(path)
-    stages = sorted(p for p in path.iterdir() if p.is_dir() and _is_stage_dir(p))
+    stages = stage_dirs(path, _is_stage_dir)
     if not stages:
         raise ArtifactError(f"{path}: no stage directories (manifest.json or shards/) found here")
-    parts = [f"workdir {path}: {len(stages)} stage(s): {', '.join(p.name for p in stages)}"]
-    parts += [_describe_stage(stage) for stage in stages]
-    return "\n\n".join(parts)
+    names = ", ".join(p.relative_to(path).as_posix() for p in stages)  # evaluations: evaluate/<name>
+    parts = [f"workdir {path}: {len(stages)} stage(s): {names}", *map(_describe_stage, stages)]
+    return "\n\n".join(p for p in [*parts, render_evaluations(path)] if p)
 
 
 def _describe_h5(path: Path, indent: str = "", *, root_attrs: bool = True) -> str:
@@ -250,7 +251,7 @@ def verify(path: str | Path) -> VerifyReport:
     elif _is_stage_dir(path):
         _verify_stage(report, path)
     else:
-        stages = sorted(p for p in path.iterdir() if p.is_dir() and _is_stage_dir(p))
+        stages = stage_dirs(path, _is_stage_dir)
         if not stages:
             raise ArtifactError(f"{path}: no stage directories (manifest.json or shards/) found here")
         for stage in stages:
@@ -322,7 +323,7 @@ def _find_image(path: Path, image_id: str) -> list[tuple[Path, Path | None]]:
     elif _is_stage_dir(path):
         candidates = [(f, path) for f in [*_shard_files(path), *sorted(path.glob("*.h5"))]]
     else:
-        candidates = [(f, stage) for stage in sorted(p for p in path.iterdir() if p.is_dir())
+        candidates = [(f, stage) for stage in stage_dirs(path, _is_stage_dir)
                       for f in [*_shard_files(stage), *sorted(stage.glob("*.h5"))]]
     found = []
     for file, stage in candidates:
@@ -391,30 +392,22 @@ def _manifest(stage: Path | None) -> dict[str, Any] | None:
         return None
 
 
-def _dataset_of(stage: Path | None) -> tuple[str, str] | None:
-    """(dataset spec, split) named by the stage's manifest (or its config), if any."""
-    manifest = _manifest(stage)
-    if manifest is None:
-        return None
-    config = manifest.get("config") or {}
-    spec = manifest.get("dataset") or config.get("dataset")
-    split = manifest.get("split") or config.get("split")
-    return (str(spec), str(split)) if spec and split else None
-
-
 def _load_image(stage: Path | None, image_id: str) -> np.ndarray | None:
-    named = _dataset_of(stage)
-    if named is None:
-        return None
-    from tedloc.data.open import open_dataset
+    """The image of ``image_id`` from the dataset (and split) the stage's manifest names."""
+    from tedloc.data.source import DatasetSource
 
+    manifest = _manifest(stage) or {}
+    source = DatasetSource.recorded(manifest, stage / MANIFEST) if stage is not None else None
+    split = manifest.get("split") or (manifest.get("config") or {}).get("split")
+    if source is None or not split:
+        return None
     try:
-        dataset = open_dataset(*named)
+        dataset = source.open(str(split))
         record = dataset.by_id().get(image_id)
         return dataset.load_image(record) if record is not None else None
     except TedlocError as exc:
         log.warning("cannot open the image of %s from dataset %s [%s] (%s); drawing the map alone",
-                    image_id, named[0], named[1], exc)
+                    image_id, source, split, exc)
         return None
 
 

@@ -57,7 +57,8 @@ class PseudoLabelIndex:
         has_features / has_flip_features: whether the shards cache the grids.
         num_classes: C of the artifact (manifest, else its CAM classifier, else max label + 1).
         class_names: the C names in label order (manifest; empty for artifacts without them).
-        dataset / split: where the images came from (for on-the-fly encoding).
+        dataset / split: where the images came from (for on-the-fly encoding); ``metadata``
+            and ``class_names_file``: the metadata folder and names file they were read with.
         identity: ``config_hash/upstream_hash``.
     """
 
@@ -80,6 +81,8 @@ class PseudoLabelIndex:
     dataset: str
     split: str
     identity: str
+    metadata: str = ""
+    class_names_file: str = ""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,6 +93,12 @@ class PseudoLabelIndex:
             raise ArtifactError(f"{self.directory / 'manifest.json'}: no box_threshold recorded, "
                                 "so the maps' region is unknown (rerun pseudo-labels)")
         return self.box_threshold
+
+    def open_dataset(self):
+        """The split the images came from, opened as the pseudo-labels stage opened it."""
+        from tedloc.data.source import DatasetSource
+
+        return DatasetSource(self.dataset, self.metadata, self.class_names_file).open(self.split)
 
     def feature_bytes(self, with_flip: bool) -> int:
         """Bytes of the float16 features in memory (twice with the flipped copy)."""
@@ -153,6 +162,8 @@ def read_pseudo_label_index(workdir_or_dir: str | Path) -> PseudoLabelIndex:
                                      where / "manifest.json"),
             split=str(manifest.get("split") or config.get("split") or "train"),
             identity=reader.identity,
+            metadata=str(config.get("metadata") or ""),
+            class_names_file=str(config.get("class_names") or ""),
         )
 
 

@@ -16,9 +16,18 @@ from tedloc.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class Config(StageConfig):
     SECTION = "demo"
-    PATH_FIELDS = {"dataset": "dataset"}
+    PATH_FIELDS = {"dataset": "dataset", "metadata": "file", "class_names": "file"}
 
     dataset: str = option("demo", "Dataset spec the demo runs on (the bundled demo data by default).")
+    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
+    # ids relative to dataset/CUB/): then the dataset is the image folder.
+    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
+                               "images in --dataset ('' = <dataset>/metadata).")
+    # Before any other source of class names (tedloc/data/class_names.py).
+    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
+                                  "('' = class_names.txt beside the data, else the class folders).")
+    # The evaluation's folder, <workdir>/evaluate/<name>/ ('' = <dataset>-test: demo-test).
+    name: str = option("", "Name of the test-split evaluation ('' = <dataset>-test, e.g. demo-test).")
     quick: bool = option(False, "Smoke run (CI): a class-balanced slice of the images and fewer epochs.")
     quick_train_images: int = option(96, "Training images used by --quick.")
     quick_test_images: int = option(48, "Test images used by --quick.")
@@ -29,6 +38,10 @@ class Config(StageConfig):
 
     def validate(self) -> None:
         check_fields(self, "demo")
+        if self.name:
+            from tedloc.artifacts.evaluations import check_name
+
+            check_name(self.name)
         for name in ("quick_train_images", "quick_test_images", "quick_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"demo: {name} must be at least 1, got {getattr(self, name)}")

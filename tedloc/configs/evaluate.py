@@ -1,9 +1,10 @@
 """Evaluate the trained localizer on a labelled split with the field's metrics (wsolevaluation).
 
-Writes ``<workdir>/evaluate/``: shards of the 224×224 maps (TeD-Loc and the CAM baseline),
-``results.json`` / ``results.md`` (MaxBoxAccV1/V2, PxAP, Top-1/Top-5/GT-known Loc at the
-stored and the oracle threshold, Top-1/Top-5 Cls; overall and per class),
-``predictions.jsonl``, ``overlays/*.png`` and ``boxacc_curve.png``.
+Writes ``<workdir>/evaluate/<name>/`` (one folder per named evaluation): shards of the
+224×224 maps (TeD-Loc and the CAM baseline), ``results.json`` / ``results.md``
+(MaxBoxAccV1/V2, PxAP, Top-1/Top-5/GT-known Loc at the stored and the oracle threshold,
+Top-1/Top-5 Cls; overall and per class), ``predictions.jsonl``, ``overlays/*.png``,
+``boxacc_curve.png`` and ``index.html``.
 
 Every evaluation convention is a field below; the defaults are wsolevaluation's (Choe et
 al., CVPR 2020), so that numbers are comparable with published ones.
@@ -28,19 +29,34 @@ class Config(StageConfig):
     # on the rest: resources, outputs, and report-only choices (groups, the centre prior),
     # which the manifest records; a finished run asked for other values rewrites its
     # report from the shards.
-    NOT_HASHED = frozenset({"dataset", "batch_size", "num_workers", "device", "shard_size", "cpu_keep_freed_memory",
-                            "num_overlays", "export_scoremaps", "box_fraction_bins", "centre_prior",
+    NOT_HASHED = frozenset({"dataset", "metadata", "class_names", "name", "batch_size", "num_workers", "device",
+                            "shard_size", "cpu_keep_freed_memory", "num_overlays", "html", "html_max_images",
+                            "html_image_size", "export_scoremaps", "box_fraction_bins", "centre_prior",
                             "centre_prior_sigma"})
     #: The NOT_HASHED fields that change results.json (compared with the manifest's).
     REPORT_FIELDS = ("box_fraction_bins", "centre_prior", "centre_prior_sigma")
     SECTION = "evaluate"
-    PATH_FIELDS = {"dataset": "dataset"}
+    PATH_FIELDS = {"dataset": "dataset", "metadata": "file", "class_names": "file"}
 
     # --- what is evaluated -------------------------------------------------------------
     # '' = the dataset recorded in the pseudo-labels manifest (the one trained on).
     dataset: str = option("", "Dataset spec ('demo' or a folder); '' = the one in the pseudo-labels manifest.")
+    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
+    # ids relative to dataset/CUB/): then the dataset is the image folder.
+    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
+                               "images in --dataset ('' = <dataset>/metadata).")
+    # Before any other source of class names (tedloc/data/class_names.py).
+    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
+                                  "('' = class_names.txt beside the data, else the class folders).")
     # The split scored; wsolevaluation's 'test' is the held-out one.
     split: str = option("test", "Split to evaluate.")
+    # Where the results go: <workdir>/evaluate/<name>/.  A name per dataset and split keeps
+    # every evaluation of a workdir; the same name resumes (or, with other inputs, refuses).
+    name: str = option("", "Name of the evaluation: results in <workdir>/evaluate/<NAME>/ ('' = <dataset>-<split>).")
+    # Any dataset with boxes or masks, whatever its classes: the map is scored alone (the
+    # label metrics and the CAM baseline need the model's classes and are left out).
+    class_agnostic: bool = option(
+        False, "Score the class-agnostic map on a dataset of any classes (MaxBoxAcc, GT-known Loc, PxAP only).")
     # Checkpoint file inside <workdir>/train/ (model.pt is the final model).
     checkpoint: str = option("model.pt", "Checkpoint file name inside <workdir>/train/.")
     # 0 = every image of the split; N = the first N in index order (smoke runs).
@@ -85,9 +101,16 @@ class Config(StageConfig):
 
     # --- outputs -----------------------------------------------------------------------
     # Overlays (map, predicted box green, GT box red) of a sample spread over the split.
-    num_overlays: int = option(16, "Number of overlay PNGs written to evaluate/overlays/.")
-    # One float .npy per image id under evaluate/scoremaps/ (wsolevaluation's layout).
+    num_overlays: int = option(16, "Number of overlay PNGs written to evaluate/<name>/overlays/.")
+    # One float .npy per image id under evaluate/<name>/scoremaps/ (wsolevaluation's layout).
     export_scoremaps: bool = option(False, "Also write each map as scoremaps/<image id>.npy (wsolevaluation layout).")
+
+    # A self-contained page (no server, no network) to browse the results and every image.
+    html: bool = option(True, "Write index.html: the results, the curves and every image's map with its boxes.")
+    # About 10-15 kB per image at 240 px; a larger split shows this many, spread over the
+    # IoU ranking (worst and best included).
+    html_max_images: int = option(2000, "Images shown in index.html at most (beyond: spread over the IoU ranking).")
+    html_image_size: int = option(240, "Long side of each picture in index.html, in pixels.")
 
     # --- resources (no effect on the numbers) -----------------------------------------
     batch_size: int = option(32, "Images per forward pass.")
@@ -104,6 +127,10 @@ class Config(StageConfig):
 
     def validate(self) -> None:
         check_fields(self, "evaluate")
+        if self.name:
+            from tedloc.artifacts.evaluations import check_name
+
+            check_name(self.name)
         if self.on_bad_image not in ON_BAD_IMAGE:
             raise ConfigError(f"evaluate: on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
                               f"got {self.on_bad_image!r}")
@@ -124,6 +151,8 @@ class Config(StageConfig):
         for name in ("eval_size", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"evaluate: {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("limit", "num_workers", "num_overlays"):
+        if self.html_image_size < 16:
+            raise ConfigError(f"evaluate: html_image_size must be at least 16, got {self.html_image_size}")
+        for name in ("limit", "num_workers", "num_overlays", "html_max_images"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"evaluate: {name} must not be negative")

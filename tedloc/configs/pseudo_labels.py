@@ -23,21 +23,34 @@ class Config(StageConfig):
 
     # dataset/split enter the hash by content (ids + labels), so moving the data keeps results;
     # the rest do not change the shards (diagnostic only adds a manifest entry).
-    NOT_HASHED = frozenset({"dataset", "split", "batch_size", "num_workers", "device", "num_shards",
+    NOT_HASHED = frozenset({"dataset", "metadata", "class_names", "split", "batch_size", "num_workers", "device", "num_shards",
                             "shard_index", "on_bad_image", "diagnostic", "diagnostic_images",
                             "diagnostic_workers", "cpu_keep_freed_memory",
                             "feature_compression", "forward_batch_size"})
     SECTION = "pseudo_labels"
-    PATH_FIELDS = {"dataset": "dataset", "encoder": "encoder"}
+    PATH_FIELDS = {"dataset": "dataset", "metadata": "file", "class_names": "file", "encoder": "encoder"}
 
     dataset: str = option("demo", "Dataset spec ('demo' or a wsolevaluation folder).")
+    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
+    # ids relative to dataset/CUB/): then the dataset is the image folder.
+    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
+                               "images in --dataset ('' = <dataset>/metadata).")
+    # Before any other source of class names (tedloc/data/class_names.py).
+    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
+                                  "('' = class_names.txt beside the data, else the class folders).")
     split: str = option("train", "Split whose images get pseudo-labels (the training split).")
-    # efficientnet-lite0 | efficientnet-lite2 | clip:<hub id or folder> | open_clip:<m>/<tag> | tiny-cnn
-    encoder: str = option("efficientnet-lite0", "Frozen image encoder spec.")
+    # Presets: efficientnet-lite0 (offline, 14x14 at 224 px), efficientnet-lite2 (offline,
+    # 17x17 at 260 px), open_clip:EVA02-L-14/merged2b_s4b_b131k (the paper's EVA-CLIP ViT-L/14,
+    # 16x16 at 224 px), open_clip:ViT-B-16/openai (CLIP-ES's own model); also
+    # clip:<hub id or folder>, open_clip:<model>/<tag or weights file>,
+    # open_clip:local-dir:<folder>, open_clip:hf-hub:<id>, tiny-cnn (tests).
+    encoder: str = option("efficientnet-lite0", "Frozen image encoder: efficientnet-lite0 (default), efficientnet-lite2, "
+                          "open_clip:EVA02-L-14/merged2b_s4b_b131k (the paper's EVA-CLIP), open_clip:ViT-B-16/openai, "
+                          "clip:<hub id or folder>, open_clip:<model>/<tag or file>, open_clip:local-dir:<folder>, tiny-cnn.")
     # 0 = the encoder's native size (224 Lite0, 260 Lite2, CLIP's image size, 64 tiny-cnn).
     input_size: int = option(0, "Square input size S in pixels (0 = the encoder's native size).")
-    # auto = clip-es for CLIP encoders (the paper's module), cam otherwise.
-    method: str = option("auto", "Map method: auto, cam (any encoder) or clip-es (CLIP encoders).")
+    # auto = clip-es for CLIP encoders (clip:, open_clip:; the paper's module), cam otherwise.
+    method: str = option("auto", "Map method: auto, cam (any encoder) or clip-es (clip: and open_clip: encoders).")
     # Relative threshold (of the map's max) for the pseudo box; [ours].
     box_threshold: float = option(0.3, "Threshold of the map (relative to its max) for pseudo_box.")
     # Linear classifier of the CAM (L-BFGS on standardized pooled features).
@@ -49,9 +62,15 @@ class Config(StageConfig):
     # CLIP-ES
     clip_es_prompt: str = option("a clean origami {}.", "CLIP-ES class prompt ('{}' = class name).")
     clip_es_backgrounds: tuple[str, ...] = option(CLIP_ES_BACKGROUNDS, "CLIP-ES background categories.")
-    clip_es_refine: bool = option(True, "CLIP-ES attention-affinity refinement.")
-    clip_es_attention_layers: int = option(8, "Last layers whose attention forms the CLIP-ES affinity.")
-    clip_es_refine_threshold: float = option(0.4, "CAM level of the patches the affinity propagates from.")
+    # The authors' method; off = plain Grad-CAM (their step before the refinement).
+    clip_es_refine: bool = option(True, "CLIP-ES attention refinement (off = plain Grad-CAM).")
+    clip_es_attention_layers: int = option(8, "Last blocks whose attention is averaged for the CLIP-ES refinement.")
+    clip_es_refine_threshold: float = option(0.4, "CAM level (of its max) of the regions whose boxes mask the CLIP-ES refinement.")
+    # The authors' softmax runs over the image's own class prompt and the backgrounds.
+    clip_es_softmax_classes: str = option("image", "Prompts of the CLIP-ES softmax: image (its class + backgrounds, the authors') or all (every class + backgrounds).")
+    # The authors run CLIP-ES on the image at its own size rounded up to the patch size, one
+    # image per forward; "encoder" uses the encoder's S×S input, batched (faster).
+    clip_es_resolution: str = option("image", "CLIP-ES input: image (its own size rounded to the patch, the authors') or encoder (S×S).")
     # Feature cache for training: auto = on while the estimate fits cache_budget_gb.  The
     # budget also decides whether uncached grids are staged on disk for a single encoder pass
     # (else the two-pass fallback: the maps step encodes the images again).
@@ -99,6 +118,10 @@ class Config(StageConfig):
             raise ConfigError(f"pseudo_labels: {message}")
 
         check_fields(self, "pseudo_labels")
+        if self.clip_es_softmax_classes not in ("image", "all"):
+            bad(f"clip_es_softmax_classes must be image or all, got {self.clip_es_softmax_classes!r}")
+        if self.clip_es_resolution not in ("image", "encoder"):
+            bad(f"clip_es_resolution must be image or encoder, got {self.clip_es_resolution!r}")
         if self.method not in ("auto", "cam", "clip-es"):
             bad(f"method must be auto, cam or clip-es, got {self.method!r}")
         if self.cache_features not in ("auto", "on", "off"):

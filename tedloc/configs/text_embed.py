@@ -21,14 +21,21 @@ class Config(StageConfig):
     # Fields whose effect enters the hash by content instead (the class names read from the
     # dataset and the map, the templates read from the file: see stages/text_embed.py), plus
     # fields that do not change the numbers.  Moving the dataset thus keeps the anchors.
-    NOT_HASHED = frozenset({"dataset", "split", "class_name_map", "templates_file",
+    NOT_HASHED = frozenset({"dataset", "metadata", "class_names", "split", "class_name_map", "templates_file",
                             "batch_size", "device"})
     SECTION = "text_embed"
-    PATH_FIELDS = {"dataset": "dataset", "class_name_map": "file", "templates_file": "file",
-                   "text_encoder": "encoder"}
+    PATH_FIELDS = {"dataset": "dataset", "metadata": "file", "class_names": "file", "class_name_map": "file",
+                   "templates_file": "file", "text_encoder": "encoder"}
 
     # Dataset whose class names (label order) become the anchors; 'demo' or a folder.
     dataset: str = option("demo", "Dataset spec whose class names are embedded ('demo' or a folder).")
+    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
+    # ids relative to dataset/CUB/): then the dataset is the image folder.
+    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
+                               "images in --dataset ('' = <dataset>/metadata).")
+    # Before any other source of class names (tedloc/data/class_names.py).
+    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
+                                  "('' = class_names.txt beside the data, else the class folders).")
     # Split the class names are read from (all splits share them).
     split: str = option("train", "Split to read the class names from.")
     # CSV/TSV 'original,nicer' lines: nicer names to put into the prompts.
@@ -38,8 +45,10 @@ class Config(StageConfig):
                                         "Prompt template, '{}' = class name; repeat for an ensemble.")
     # One template per line ('#' comments); replaces --templates when given.
     templates_file: str = option("", "File with one prompt template per line; replaces --templates ('' = none).")
-    # minilm | clip:<hub id or folder> | open_clip:<model>/<pretrained>
-    text_encoder: str = option("minilm", "Text encoder: minilm, clip:<hub id or folder>, open_clip:<model>/<pretrained>.")
+    # minilm | clip:<hub id or folder> | open_clip:<model>/<pretrained> (the image encoder's spec
+    # gives anchors in its joint space; the paper's: open_clip:EVA02-L-14/merged2b_s4b_b131k)
+    text_encoder: str = option("minilm", "Text encoder: minilm (default), open_clip:EVA02-L-14/merged2b_s4b_b131k (the paper's "
+                               "EVA-CLIP), clip:<hub id or folder>, open_clip:<model>/<tag or file>, open_clip:local-dir:<folder>.")
     # Off = the paper's ablation without QR orthogonalization (anchors = raw embeddings).
     orthogonalize: bool = option(True, "QR-orthogonalize the class embeddings into anchors.")
     # Prompts per forward pass of the text encoder.

@@ -99,7 +99,7 @@ class Config(StageConfig):
     amp: bool = option(True, "bf16 autocast on CUDA (ignored on CPU).")
     # Above this the features are read from the shards per batch.
     cache_memory_mb: int = option(4096, "Load cached features into memory when they fit in this many MB.")
-    progress: bool = option(True, "Show a tqdm bar per epoch.")
+    progress: bool = option(True, "Show progress per epoch (a bar on a terminal, else a log line every 10 %).")
 
     def __post_init__(self) -> None:
         self.validate()

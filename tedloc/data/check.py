@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from tedloc.data.images import load_gray, read_size
 from tedloc.data.open import open_dataset
 from tedloc.data.records import Dataset, Problem, Problems, Record, Where
 from tedloc.errors import InputError
+from tedloc.pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class SplitSummary:
     counts: Counter
     num_boxes: int
     num_masks: int
+    class_names_source: str = ""
 
 
 @dataclasses.dataclass
@@ -54,7 +55,8 @@ class CheckReport:
         for summary in self.splits:
             total = sum(summary.counts.values())
             lines.append(f"split {summary.split}: {total} images, {len(summary.class_names)} classes, "
-                         f"{summary.num_boxes} boxes, {summary.num_masks} images with masks")
+                         f"{summary.num_boxes} boxes, {summary.num_masks} images with masks"
+                         + (f"; class names from {summary.class_names_source}" if summary.class_names_source else ""))
             width = max((len(n) for n in summary.class_names), default=0)
             for label, name in enumerate(summary.class_names):
                 lines.append(f"  {label:>4} {name:<{width}}  {summary.counts.get(label, 0)}")
@@ -67,13 +69,16 @@ class CheckReport:
 
 
 def check_dataset(spec: str, splits: str | Sequence[str] = ("train", "test"), *,
-                  decode: bool = False) -> CheckReport:
+                  decode: bool = False, metadata: str | None = None,
+                  class_names: str | None = None) -> CheckReport:
     """Check ``splits`` of the dataset ``spec``; never raises for problems of the data.
 
     Args:
         spec: a dataset spec as for :func:`~tedloc.data.open.open_dataset`.
         splits: one split name or several.
         decode: also decode every image and mask (finds corrupt files; slower).
+        metadata, class_names: a wsolevaluation metadata folder kept apart from the images,
+            a class-names file (as the stages' ``--metadata`` and ``--class-names``).
     """
     if isinstance(splits, str):
         splits = [splits]
@@ -81,7 +86,7 @@ def check_dataset(spec: str, splits: str | Sequence[str] = ("train", "test"), *,
     for split in splits:
         problems = Problems(collect=True)
         try:
-            dataset = open_dataset(spec, split, problems=problems)
+            dataset = open_dataset(spec, split, metadata=metadata, class_names=class_names, problems=problems)
         except InputError as exc:  # the dataset itself cannot be opened: nothing more to check
             found = [*problems.items, Problem(str(exc.path), exc.line, exc.problem)]
             # The same for every split (a missing folder): said once.
@@ -90,7 +95,7 @@ def check_dataset(spec: str, splits: str | Sequence[str] = ("train", "test"), *,
         _check_records(dataset, problems, decode=decode)
         report.problems.extend(problems.items)
         report.splits.append(SplitSummary(
-            split=split, class_names=list(dataset.class_names),
+            split=split, class_names=list(dataset.class_names), class_names_source=dataset.class_names_source,
             counts=Counter(r.label for r in dataset.records),
             num_boxes=sum(len(r.boxes) for r in dataset.records),
             num_masks=sum(1 for r in dataset.records if r.mask_paths or r.mask_path)))
@@ -102,7 +107,7 @@ def _where(dataset: Dataset, record: Record) -> Where:
 
 
 def _check_records(dataset: Dataset, problems: Problems, *, decode: bool) -> None:
-    for record in tqdm(dataset.records, desc=f"check {dataset.split}", unit="img", disable=None):
+    for record in progress(dataset.records, desc=f"check {dataset.split}", unit="img"):
         where = _where(dataset, record)
         size = _image_size(dataset, record, where, problems, decode=decode)
         if size is not None:

@@ -10,33 +10,28 @@ Layout of ``CUB_200_2011/``::
     images/<class folder>/<file>.jpg
 
 Splits: ``train`` and ``test``.  Image ids are the relative paths of images.txt (as in
-wsolevaluation's CUB metadata); labels become 0-based; class names are the folder names
-without the number and with spaces (``001.Black_footed_Albatross`` -> ``Black footed
-Albatross``).  Boxes become ``x0y0x1y1`` = ``(x, y, x + w, y + h)``, the conversion
+wsolevaluation's CUB metadata); labels become 0-based; class names are those of a
+``class_names.txt`` where there is one (:mod:`tedloc.data.class_names`), else the folder
+names of classes.txt without the number and with spaces (``001.Black_footed_Albatross`` ->
+``Black footed Albatross``).  Boxes become ``x0y0x1y1`` = ``(x, y, x + w, y + h)``, the conversion
 behind wsolevaluation's CUB ``localization.txt``.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
+from tedloc.data.class_names import resolve_class_names
 from tedloc.data.records import Dataset, Problems, Record, Where, strict_if_none
 from tedloc.data.textfiles import read_lines
 
 SPLITS = {"train": 1, "test": 0}
-_NUMBER_PREFIX = re.compile(r"^\d+\.")
 
 
 def is_cub(root: Path) -> bool:
     return (root / "images.txt").is_file() and (root / "classes.txt").is_file()
-
-
-def clean_class_name(folder: str) -> str:
-    """``001.Black_footed_Albatross`` -> ``Black footed Albatross``."""
-    return _NUMBER_PREFIX.sub("", folder).replace("_", " ").strip()
 
 
 def _numbered(path: Path, problems: Problems, fields: int, what: str,
@@ -60,8 +55,10 @@ def _numbered(path: Path, problems: Problems, fields: int, what: str,
     return out
 
 
-def read_cub(root: str | Path, split: str, *, problems: Problems | None = None) -> Dataset:
-    """Open ``split`` (``train``/``test``) of the CUB-200-2011 tree at ``root``."""
+def read_cub(root: str | Path, split: str, *, class_names: str | Path | None = None,
+             problems: Problems | None = None) -> Dataset:
+    """Open ``split`` (``train``/``test``) of the CUB-200-2011 tree at ``root`` (``class_names``:
+    a names file that comes first)."""
     problems = strict_if_none(problems)
     root = Path(root).resolve()
     if split not in SPLITS:
@@ -74,7 +71,8 @@ def read_cub(root: str | Path, split: str, *, problems: Problems | None = None) 
     numbers = sorted(classes)
     if numbers != list(range(1, len(numbers) + 1)):
         problems.report(classes_file, f"class numbers must be 1..{len(numbers)} without gaps")
-    class_names = [clean_class_name(classes[n][0][0]) for n in numbers]
+    named = resolve_class_names(len(numbers), explicit=class_names, root=root, problems=problems,
+                                folders=[classes[n][0][0] for n in numbers], folder_source=f"{classes_file}")
 
     images_file = root / "images.txt"
     labels_file = root / "image_class_labels.txt"
@@ -134,5 +132,5 @@ def read_cub(root: str | Path, split: str, *, problems: Problems | None = None) 
             box_where[rel] = [Where(str(boxes_file), box_line)]
         image_where[rel] = Where(str(images_file), line_no)
         records.append(Record(image_id=rel, path=root / "images" / rel, label=label, boxes=box))
-    return Dataset(spec=str(root), split=split, class_names=class_names, records=records,
-                   image_where=image_where, box_where=box_where)
+    return Dataset(spec=str(root), split=split, class_names=named.names, records=records,
+                   image_where=image_where, box_where=box_where, class_names_source=named.source)

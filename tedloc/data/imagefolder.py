@@ -6,7 +6,10 @@ Layout::
     <root>/<class>/**/<image>              otherwise (the same images for every split)
     <split root>/boxes.csv                 optional: relative_path,x0,y0,x1,y1 per line
 
-Class names are the subfolder names, sorted (label = position).  Image ids are paths
+Labels are the positions of the sorted subfolder names; class names come from
+:mod:`tedloc.data.class_names` (a ``class_names.txt`` at the root, else the folder names with
+a number prefix and underscores removed: ``001.Black_footed_Albatross`` -> ``Black footed
+Albatross``; synset folders such as ``n01440764`` named by a synset file).  Image ids are paths
 relative to the split root with ``/`` separators.  ``boxes.csv`` (optional header line
 ``relative_path,x0,y0,x1,y1``) gives ``x0y0x1y1`` pixel boxes, one line per box; images
 without a line have no boxes.
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tedloc.data.class_names import resolve_class_names
 from tedloc.data.records import Dataset, Problems, Record, Where, strict_if_none
 from tedloc.data.textfiles import read_lines, split_fields
 
@@ -38,8 +42,10 @@ def split_root(root: Path, split: str, problems: Problems) -> Path | None:
     return root
 
 
-def read_imagefolder(root: str | Path, split: str, *, problems: Problems | None = None) -> Dataset:
-    """Open ``split`` of the class-per-subfolder tree at ``root``."""
+def read_imagefolder(root: str | Path, split: str, *, class_names: str | Path | None = None,
+                     problems: Problems | None = None) -> Dataset:
+    """Open ``split`` of the class-per-subfolder tree at ``root`` (``class_names``: a names
+    file that comes first, see :func:`~tedloc.data.class_names.resolve_class_names`)."""
     problems = strict_if_none(problems)
     root = Path(root).resolve()
     base = split_root(root, split, problems)
@@ -48,7 +54,8 @@ def read_imagefolder(root: str | Path, split: str, *, problems: Problems | None 
     class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         problems.report(base, "no class subfolders found (expected <class>/<image> inside)")
-    class_names = [p.name for p in class_dirs]
+    named = resolve_class_names(len(class_dirs), explicit=class_names, root=root, problems=problems,
+                                folders=[p.name for p in class_dirs], folder_source=f"class folders of {base}")
 
     records: list[Record] = []
     for label, class_dir in enumerate(class_dirs):
@@ -64,8 +71,8 @@ def read_imagefolder(root: str | Path, split: str, *, problems: Problems | None 
         records = [Record(image_id=r.image_id, path=r.path, label=r.label,
                           boxes=np.asarray(boxes.get(r.image_id, []), np.float32).reshape(-1, 4))
                    for r in records]
-    return Dataset(spec=str(root), split=split, class_names=class_names, records=records,
-                   box_where=box_where)
+    return Dataset(spec=str(root), split=split, class_names=named.names, records=records,
+                   box_where=box_where, class_names_source=named.source)
 
 
 def _read_boxes(path: Path, ids: set[str], problems: Problems

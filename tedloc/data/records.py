@@ -71,6 +71,8 @@ class Dataset:
     image_where: dict[str, Where] = dataclasses.field(default_factory=dict, repr=False)
     #: Where each of an image's boxes was read (image id -> one Where per row of boxes).
     box_where: dict[str, list[Where]] = dataclasses.field(default_factory=dict, repr=False)
+    #: Where ``class_names`` came from (:mod:`tedloc.data.class_names`), for logs and artifacts.
+    class_names_source: str = ""
 
     def __len__(self) -> int:
         return len(self.records)

@@ -9,10 +9,14 @@ Layout::
                                                or id,mask_path,ignore_path (one line per mask)
     <root>/metadata/class_names.txt            one name per line, label order (optional)
 
-Image ids are paths relative to ``<root>`` (or to ``image_root`` when given); mask paths
-too.  Boxes are ``x0y0x1y1`` pixels, inclusive corners, as wsolevaluation stores them.
-An image may have several box lines, or several mask lines (their union is the object);
-the ignore path, where given, is the same on each of an image's mask lines.
+The metadata folder may live apart from the images, as in the wsolevaluation repository
+(``metadata/CUB/test/*.txt`` with ids relative to ``dataset/CUB/``): ``metadata`` names it
+and ``root`` is then the image folder.  Image ids are paths relative to ``<root>`` (or to
+``image_root`` when given); mask paths too.  Class names: :mod:`tedloc.data.class_names`
+(``class_names.txt``, else the folder of each class's images in the ids, ...).  Boxes are
+``x0y0x1y1`` pixels, inclusive corners, as wsolevaluation stores them.  An image may have
+several box lines, or several mask lines (their union is the object); the ignore path,
+where given, is the same on each of an image's mask lines.
 """
 
 from __future__ import annotations
@@ -22,26 +26,28 @@ from pathlib import Path
 
 import numpy as np
 
+from tedloc.data.class_names import label_folders, resolve_class_names
 from tedloc.data.records import Dataset, Problems, Record, Where, strict_if_none
 from tedloc.data.textfiles import read_lines, split_fields
 
 
 def read_wsol(root: str | Path, split: str, *, metadata: str | Path | None = None,
-              image_root: str | Path | None = None, problems: Problems | None = None) -> Dataset:
-    """Open ``split`` of a wsolevaluation-style dataset rooted at ``root``.
+              image_root: str | Path | None = None, class_names: str | Path | None = None,
+              problems: Problems | None = None) -> Dataset:
+    """Open ``split`` of a wsolevaluation-style dataset rooted at ``root`` (its metadata in
+    ``metadata``, by default ``<root>/metadata``; ``class_names``: a names file that comes
+    first, see :func:`~tedloc.data.class_names.resolve_class_names`).
 
     With a collecting ``problems`` every bad line is recorded and skipped; by default the
     first one raises :class:`~tedloc.errors.InputError`.
     """
     problems = strict_if_none(problems)
     root = Path(root).resolve()
-    meta = Path(metadata) if metadata else root / "metadata"
+    meta = Path(metadata).resolve() if metadata else root / "metadata"
     image_root = Path(image_root).resolve() if image_root else root
     split_dir = meta / split
     if not split_dir.is_dir():
-        available = sorted(p.name for p in meta.iterdir() if p.is_dir()) if meta.is_dir() else []
-        problems.report(split_dir, f"split {split!r} not found (expected metadata/{split}/image_ids.txt; "
-                                   f"splits here: {', '.join(available) or 'none'})")
+        problems.report(split_dir, _missing_split(meta, split))
         return Dataset(spec=str(root), split=split, class_names=[], records=[])
 
     ids_file = split_dir / "image_ids.txt"
@@ -122,12 +128,12 @@ def read_wsol(root: str | Path, split: str, *, metadata: str | Path | None = Non
         else:
             problems.report(loc_file, f"expected 'id,x0,y0,x1,y1' or 'id,mask,ignore', got {text!r}", line_no)
 
-    names_file = meta / "class_names.txt"
-    if names_file.exists():
-        class_names = [text for _, text in read_lines(names_file, problems)]
-    else:
-        num = max((label for label, _ in labels.values()), default=-1) + 1
-        class_names = [f"class_{i}" for i in range(num)]
+    num = max((label for label, _ in labels.values()), default=-1) + 1
+    named = resolve_class_names(
+        num, explicit=class_names, metadata_dir=meta, root=image_root, exact=False, problems=problems,
+        folders=label_folders([(i, label) for i, (label, _) in labels.items() if label >= 0], num),
+        folder_source=f"class folders of {ids_file}")
+    class_names = named.names
 
     records = []
     for image_id in ids:
@@ -155,10 +161,22 @@ def read_wsol(root: str | Path, split: str, *, metadata: str | Path | None = Non
             mask_paths=mask_paths,
         ))
     return Dataset(
-        spec=str(root), split=split, class_names=class_names, records=records,
+        spec=str(root), split=split, class_names=class_names, records=records, class_names_source=named.source,
         image_where={i: Where(str(ids_file), line) for i, line in seen.items()},
         box_where={i: [Where(str(loc_file), line) for line in lines] for i, lines in box_lines.items()},
     )
+
+
+def _missing_split(meta: Path, split: str) -> str:
+    """What to say when ``meta/<split>/`` is missing: the splits there, or the folders below
+    that hold it (``--metadata metadata`` given for ``metadata/CUB``)."""
+    folders = sorted(p for p in meta.iterdir() if p.is_dir()) if meta.is_dir() else []
+    deeper = [p for p in folders if (p / split).is_dir()]
+    if deeper and not any((p / "image_ids.txt").is_file() for p in folders):
+        return (f"split {split!r} not found ({meta} holds the metadata of {', '.join(p.name for p in deeper)}: "
+                f"give that folder, e.g. {deeper[0]})")
+    return (f"split {split!r} not found (expected {meta.name}/{split}/image_ids.txt; "
+            f"splits here: {', '.join(p.name for p in folders) or 'none'})")
 
 
 def _boxes_outside(image_id: str, boxes: list[list[float]], lines: list[int], size: tuple[int, int],

@@ -21,11 +21,12 @@ mode, even when a parent module calls ``.train()``).  Specs:
   the last layer's patch tokens (class token dropped) through ``post_layernorm`` and
   ``visual_projection``, i.e. in CLIP's joint image–text space; h = w = input_size /
   patch_size (ViT-B/16 at 224 px: 14×14, c = 512, ≈ 0.2 MB per image in float16).
-  ``pooled`` = CLIP's image embedding (projected class token, not L2-normalized).
-  A size other than the model's native one interpolates the position embeddings.
-  Preprocessing: CLIP's mean/std.
-* ``open_clip:<model>/<pretrained>`` (optional extra ``tedloc[open_clip]``): same recipe on
-  an open_clip ViT (patch tokens through ``ln_post`` and ``proj``).
+  ``pooled`` = the mean of that grid (the image embedding CLIP-ES scores; the CAM's mean
+  is then exactly the classifier's logit).  A size other than the model's native one
+  interpolates the position embeddings.  Preprocessing: CLIP's mean/std.
+* ``open_clip:<model>/<pretrained>`` (optional extra ``tedloc[open_clip]``), e.g. the
+  paper's EVA-CLIP ``open_clip:EVA02-L-14/merged2b_s4b_b131k``: open_clip's ViT or a timm
+  ViT/EVA tower, same recipe (``tedloc.pipeline.open_clip_towers``).
 * ``tiny-cnn``: a small randomly initialized CNN with a fixed seed (stride 4, 32 channels,
   default input 64 px -> 16×16 grid).  For tests and smoke runs only: its maps say nothing
   about localization quality.
@@ -197,13 +198,16 @@ def image_encoder_fingerprint(spec: str) -> str | None:
                           **({"fine": "s2-packed"} if fine else {})})
     if spec.startswith(("clip:", "open_clip:")):
         inner = text_encoder_fingerprint(spec)
-        return None if inner is None else hash_json({"encoder": "vision", "weights": inner})
+        # pooled = mean of the projected patch tokens (not the class token)
+        return None if inner is None else hash_json({"encoder": "vision", "weights": inner,
+                                                     "pooled": "patch-mean"})
     raise _unknown_encoder(spec)
 
 
 def _unknown_encoder(spec: str) -> ConfigError:
     return ConfigError(f"unknown image encoder {spec!r}; use {', '.join(_EFFICIENTNET)} (each also with "
-                       "'-fine'), 'clip:<hub id or folder>', 'open_clip:<model>/<pretrained>' or 'tiny-cnn'")
+                       "'-fine'), 'clip:<hub id or folder>', 'open_clip:<model>/<pretrained>' (the paper's: "
+                       "open_clip:EVA02-L-14/merged2b_s4b_b131k), 'open_clip:local-dir:<folder>' or 'tiny-cnn'")
 
 
 # ----------------------------------------------------------------------------- CLIP (transformers)
@@ -256,56 +260,16 @@ class CLIPImageEncoder(ImageEncoder):
         grid = projected[:, 1:].reshape(projected.shape[0], h, w, projected.shape[-1])
         return grid, projected[:, 0]
 
-    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
-        grid, pooled = self.project_tokens(self.run_tower(pixels).last_hidden_state)
-        return EncoderOutput(grid=grid.float(), pooled=pooled.float())
+    def tower(self):
+        """The :class:`tedloc.pipeline.vit_towers.Tower` of this model (CLIP-ES runs it)."""
+        from tedloc.pipeline.vit_towers import HFCLIPTower
 
-
-# ----------------------------------------------------------------------------- open_clip
-
-class OpenCLIPImageEncoder(ImageEncoder):
-    """An open_clip ViT: patch tokens through ``ln_post`` and ``proj`` (joint space)."""
-
-    def __init__(self, rest: str, input_size: int | None = None):
-        if importlib.util.find_spec("open_clip") is None:
-            raise ConfigError(f"image encoder open_clip:{rest} needs open_clip "
-                              "(pip install 'tedloc[open_clip]')")
-        import open_clip
-
-        from tedloc.pipeline.text_encoders import _parse_open_clip
-
-        model_name, pretrained = _parse_open_clip(rest)
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
-        except Exception as exc:  # noqa: BLE001 - open_clip raises many types for bad names
-            raise ConfigError(f"open_clip:{rest}: cannot create the model ({exc})") from None
-        visual = model.visual
-        if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
-            raise ConfigError(f"open_clip:{rest}: only ViT image towers are supported")
-        mean = getattr(visual, "image_mean", None) or CLIP_MEAN
-        std = getattr(visual, "image_std", None) or CLIP_STD
-        super().__init__(mean=mean, std=std)
-        self.spec = f"open_clip:{rest}"
-        self.visual = visual
-        native = visual.image_size
-        self.native_size = int(native[0] if isinstance(native, (tuple, list)) else native)
-        patch = visual.patch_size
-        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-        self.input_size = int(input_size or self.native_size)
-        if self.input_size != self.native_size:
-            raise ConfigError(f"{self.spec}: input_size must be the model's {self.native_size}")
-        self.fingerprint = image_encoder_fingerprint(self.spec) or hash_json({"open_clip": rest})
-        self.visual.output_tokens = True
-        _freeze(self)
-        self._probe()
+        return HFCLIPTower(self.vision_model, self.visual_projection)
 
     def forward(self, pixels: torch.Tensor) -> EncoderOutput:
-        pooled, tokens = self.visual(pixels)  # tokens: (B, h·w, D) after ln_post
-        if getattr(self.visual, "proj", None) is not None:
-            tokens = tokens @ self.visual.proj
-        h = w = self.input_size // self.patch_size
-        grid = tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])
-        return EncoderOutput(grid=grid.float(), pooled=pooled.float())
+        grid, _ = self.project_tokens(self.run_tower(pixels).last_hidden_state)
+        grid = grid.float()
+        return EncoderOutput(grid=grid, pooled=grid.mean(dim=(1, 2)))
 
 
 # ----------------------------------------------------------------------------- factory
@@ -331,6 +295,8 @@ def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, input_size: int | 
     elif spec.startswith("clip:") and len(spec) > 5:
         encoder = CLIPImageEncoder(spec[5:], input_size)
     elif spec.startswith("open_clip:") and len(spec) > 10:
+        from tedloc.pipeline.open_clip_towers import OpenCLIPImageEncoder
+
         encoder = OpenCLIPImageEncoder(spec[10:], input_size)
     else:
         raise _unknown_encoder(spec)
@@ -340,4 +306,4 @@ def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, input_size: int | 
 
 def is_clip_encoder(encoder: ImageEncoder) -> bool:
     """True for encoders whose grid lives in a CLIP joint space with a text tower."""
-    return isinstance(encoder, (CLIPImageEncoder, OpenCLIPImageEncoder))
+    return callable(getattr(encoder, "tower", None))

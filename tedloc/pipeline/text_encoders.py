@@ -10,7 +10,9 @@ Specs (``build_text_encoder(spec)``):
   A hub id (``openai/clip-vit-base-patch16``) and a ``save_pretrained`` folder go through
   the same code.
 * ``open_clip:<model>/<pretrained>`` (optional extra ``tedloc[open_clip]``), e.g.
-  ``open_clip:ViT-B-32/laion2b_s34b_b79k``; ``open_clip:hf-hub:<org>/<name>`` as well.
+  ``open_clip:EVA02-L-14/merged2b_s4b_b131k`` (the paper's EVA-CLIP; anchors in the same
+  joint space as the image encoder of that spec); ``open_clip:hf-hub:<org>/<name>`` and
+  ``open_clip:local-dir:<folder>`` (open_clip's offline layout) as well.
 
 Every encoder has ``id`` (its spec), ``dim`` and ``fingerprint`` (identity of the weights,
 for config hashes).  :func:`text_encoder_fingerprint` computes the same fingerprint without
@@ -26,11 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tedloc.config import hash_json
 from tedloc.errors import ConfigError
 from tedloc.pipeline.orthogonalize import l2_normalize
+from tedloc.pipeline.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ _IDENTITY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin",
 _IDENTITY_GLOBS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
 #: Bytes hashed at each end of a weights file: enough to tell checkpoints apart, cheap on 1 GB.
 _EDGE_BYTES = 2 << 20
+#: open_clip's schema for a local folder holding ``open_clip_config.json`` and the weights.
+OPEN_CLIP_LOCAL_DIR = "local-dir:"
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -103,13 +107,26 @@ def _clip_source_fingerprint(source: str) -> str | None:
     return hash_json({"hub": source, "commit": snapshot.name})
 
 
-def _parse_open_clip(rest: str) -> tuple[str, str | None]:
-    if rest.startswith("hf-hub:"):
+def parse_open_clip(rest: str) -> tuple[str, str | None]:
+    """``<model>/<pretrained>`` (a tag or a weights file) -> (model, pretrained);
+    ``hf-hub:<id>`` and ``local-dir:<folder>`` name config and weights together -> (rest, None)."""
+    if rest.startswith(("hf-hub:", OPEN_CLIP_LOCAL_DIR)):
         return rest, None
     model, _, pretrained = rest.partition("/")
     if not model or not pretrained:
-        raise ConfigError(f"open_clip spec must be open_clip:<model>/<pretrained>, got open_clip:{rest}")
+        raise ConfigError(f"open_clip spec must be open_clip:<model>/<pretrained>, open_clip:hf-hub:<id> "
+                          f"or open_clip:local-dir:<folder>, got open_clip:{rest}")
     return model, pretrained
+
+
+def open_clip_folder_fingerprint(folder: Path) -> str:
+    """Identity of an open_clip ``local-dir:`` folder: its config and weight files."""
+    files = [folder / "open_clip_config.json"]
+    files += sorted(p for pattern in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(pattern))
+    present = [p for p in files if p.is_file()]
+    if not present:
+        raise ConfigError(f"{folder}: no open_clip_config.json or weights found")
+    return hash_json({"open_clip": "local-dir", "files": {p.name: file_fingerprint(p) for p in present}})
 
 
 def text_encoder_fingerprint(spec: str) -> str | None:
@@ -120,7 +137,10 @@ def text_encoder_fingerprint(spec: str) -> str | None:
         return folder_fingerprint(minilm_folder())
     if kind == "clip":
         return _clip_source_fingerprint(rest)
-    model, pretrained = _parse_open_clip(rest)
+    model, pretrained = parse_open_clip(rest)
+    if model.startswith(OPEN_CLIP_LOCAL_DIR):
+        folder = Path(model[len(OPEN_CLIP_LOCAL_DIR):])
+        return open_clip_folder_fingerprint(folder) if folder.is_dir() else None
     if pretrained and Path(pretrained).is_file():
         return hash_json({"open_clip": model, "file": file_fingerprint(Path(pretrained))})
     return hash_json({"open_clip": model, "pretrained": pretrained})
@@ -236,24 +256,18 @@ class OpenCLIPTextEncoder(TextEncoder):
     """open_clip's ``encode_text`` (text tower + its projection)."""
 
     def __init__(self, rest: str, *, device: str = "cpu"):
-        if importlib.util.find_spec("open_clip") is None:
-            raise ConfigError(f"text encoder open_clip:{rest} needs open_clip "
-                              "(pip install 'tedloc[open_clip]')")
-        import open_clip
         import torch
 
-        model_name, pretrained = _parse_open_clip(rest)
-        self.id = f"open_clip:{rest}"
         from tedloc.pipeline.devices import resolve_device
+        from tedloc.pipeline.open_clip_towers import create_open_clip_model, import_open_clip
 
+        model_name, _ = parse_open_clip(rest)
+        self.id = f"open_clip:{rest}"
         self.device = resolve_device(device)
-        try:
-            model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
-        except Exception as exc:  # noqa: BLE001 - open_clip raises many types for bad names
-            problem = " ".join(str(exc).split())
-            raise ConfigError(f"open_clip:{rest}: cannot create the model ({problem})") from None
-        self.model = model.eval().to(self.device)
-        self.tokenizer = open_clip.get_tokenizer(model_name)
+        model = create_open_clip_model(rest)
+        model.visual = torch.nn.Identity()  # encode_text does not use the image tower: free it
+        self.model = model.to(self.device)
+        self.tokenizer = import_open_clip().get_tokenizer(model_name)
         self.fingerprint = text_encoder_fingerprint(self.id) or ""
         with torch.inference_mode():
             self.dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
@@ -294,7 +308,7 @@ def class_embeddings(encoder: TextEncoder, class_names: Sequence[str], templates
     per_batch = max(1, batch_size // len(templates))
     out = []
     starts = range(0, len(class_names), per_batch)
-    for start in tqdm(starts, desc="text-embed classes", unit="batch", disable=not progress):
+    for start in progress_bar(starts, desc="text-embed classes", unit="batch", disable=not progress):
         names = class_names[start:start + per_batch]
         prompts = [fill_template(t, n) for n in names for t in templates]
         emb = encoder.encode(prompts, batch_size=batch_size).reshape(len(names), len(templates), -1)

@@ -34,11 +34,12 @@ def stage_configs(config: Config, sections: Mapping[str, Mapping[str, Any]] | No
     import importlib
 
     sections = sections or {}
+    data = {"dataset": config.dataset, "metadata": config.metadata, "class_names": config.class_names}
     demo_values: dict[str, dict[str, Any]] = {
-        "text-embed": {"dataset": config.dataset},
-        "pseudo-labels": {"dataset": config.dataset, "split": "train"},
+        "text-embed": dict(data),
+        "pseudo-labels": {**data, "split": "train"},
         "train": {},
-        "evaluate": {"dataset": config.dataset, "split": "test"},
+        "evaluate": {**data, "split": "test", **({"name": config.name} if config.name else {})},
     }
     if config.quick:
         demo_values["pseudo-labels"]["limit"] = config.quick_train_images
@@ -55,21 +56,25 @@ def stage_configs(config: Config, sections: Mapping[str, Mapping[str, Any]] | No
 
 def run(config: Config, *, workdir: Path, overwrite: bool = False,
         sections: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """Run the four stages; return evaluate's results (``results.json`` as a dict)."""
+    """Run the four stages; return evaluate's results (``results.json`` as a dict, with
+    ``stage_seconds`` and the evaluation's folder as ``evaluation_dir``)."""
     import importlib
 
     from tedloc.artifacts.evaluate import read_results
 
     workdir = Path(workdir)
     timings: dict[str, float] = {}
+    manifest = None
     for stage, stage_config in stage_configs(config, sections).items():
         start = time.perf_counter()
         log.info("demo: stage %s", stage)
-        importlib.import_module(STAGES[stage][1]).run(stage_config, workdir=workdir, overwrite=overwrite)
+        manifest = importlib.import_module(STAGES[stage][1]).run(stage_config, workdir=workdir, overwrite=overwrite)
         timings[stage] = time.perf_counter() - start
         log.info("demo: %s took %.1f s", stage, timings[stage])
-    results = read_results(workdir / "evaluate")
+    evaluation = Path(manifest).parent  # evaluate runs last: <workdir>/evaluate/<name>/manifest.json
+    results = read_results(evaluation)
     results["stage_seconds"] = timings
+    results["evaluation_dir"] = str(evaluation)
     return results
 
 

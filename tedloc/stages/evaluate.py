@@ -28,6 +28,7 @@ import numpy as np
 
 from tedloc.artifacts import evaluate as files
 from tedloc.artifacts.atomic import TMP_SUFFIX
+from tedloc.artifacts.evaluations import default_name, evaluation_dir
 from tedloc.artifacts.store import (
     MANIFEST,
     SHARD_DIR,
@@ -37,11 +38,14 @@ from tedloc.artifacts.store import (
 )
 from tedloc.config import hash_json
 from tedloc.configs.evaluate import Config
-from tedloc.data.classes import match_classes, remap_records
 from tedloc.data.records import Dataset, Record
-from tedloc.errors import ArtifactError, ConfigError, InputError
-from tedloc.paths import absolute_dataset_spec, recorded_dataset
+from tedloc.data.source import DatasetSource
+from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
+from tedloc.paths import absolute_dataset_spec, absolute_spec
 from tedloc.pipeline import metrics
+from tedloc.stages.evaluate_baseline import load_baseline
+from tedloc.stages.evaluate_classes import scored_classes
+from tedloc.stages.evaluate_html import INDEX_HTML
 from tedloc.stages.evaluate_report import ReportInputs, compute_report
 
 log = logging.getLogger(__name__)
@@ -75,16 +79,17 @@ def _pseudo_manifest(workdir: Path) -> dict[str, Any] | None:
         return None
 
 
-def resolve_dataset(config: Config, workdir: Path) -> str:
-    """The dataset spec: the config's, else the one the pseudo-labels were made from."""
+def resolve_source(config: Config, workdir: Path) -> DatasetSource:
+    """Where the split is read from: the config's dataset, else the one the pseudo-labels
+    were made from (with its metadata folder and class-names file)."""
     if config.dataset:
-        return config.dataset
-    manifest = _pseudo_manifest(workdir)
-    spec = (manifest or {}).get("dataset") or ((manifest or {}).get("config") or {}).get("dataset")
+        return DatasetSource.of(config)
     where = workdir / "pseudo_labels" / "manifest.json"
-    if not spec:
+    source = DatasetSource.recorded(_pseudo_manifest(workdir) or {}, where)
+    if source is None:
         raise ConfigError(f"evaluate: no --dataset given and none recorded in {where}")
-    return recorded_dataset(str(spec), where)
+    # Options given on this command line come first.
+    return DatasetSource(source.spec, config.metadata or source.metadata, config.class_names or source.class_names)
 
 
 def stored_threshold_of(checkpoint: dict[str, Any], path: Path) -> float:
@@ -107,74 +112,16 @@ def baseline_threshold_of(config: Config, pseudo_manifest: dict[str, Any] | None
 
 # ----------------------------------------------------------------------------- phase 1: maps
 
-class _Baseline:
-    """The CAM of the pseudo-label classifier: ``grid · W[y] + b[y]`` for the GT class y,
-    and the classifier's logits ``pooled · Wᵀ + b`` (its own class prediction)."""
-
-    def __init__(self, weight: np.ndarray, bias: np.ndarray):
-        import torch
-
-        self.weight = torch.as_tensor(np.asarray(weight, np.float32))
-        self.bias = torch.as_tensor(np.asarray(bias, np.float32))
-
-    def __call__(self, grid, pooled, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """grid float (B, h, w, c), pooled (B, c), labels (B,) -> maps (B, h, w), logits (B, C)."""
-        import torch
-
-        from tedloc.pipeline.cam import class_activation_maps
-
-        weight = self.weight.to(grid.device)
-        bias = self.bias.to(grid.device)
-        logits = pooled.float() @ weight.T + bias
-        index = torch.as_tensor(labels, device=grid.device, dtype=torch.long)
-        maps = class_activation_maps(grid.float(), weight, index, bias)
-        return maps.cpu().numpy(), logits.float().cpu().numpy()
-
-
-def _load_baseline(workdir: Path, pseudo_manifest: dict[str, Any] | None, encoder, class_names: list[str],
-                   device) -> tuple[_Baseline, Any] | None:
-    """The CAM baseline and the encoder whose grid it reads (the localizer's own encoder when
-    the pseudo-labels used the same one, the usual case), or None without a classifier file.
-    Its rows are put in the order of ``class_names`` (the model's) by name."""
-    from tedloc.artifacts.pseudo_labels import CLASSIFIER_FILE, read_classifier, stage_dir
-
-    path = stage_dir(workdir) / CLASSIFIER_FILE
-    if not path.is_file():
-        log.warning("%s not found: the CAM baseline is left out", path)
-        return None
-    classifier = read_classifier(path)
-    spec = (pseudo_manifest or {}).get("encoder") or encoder.spec
-    input_size = int((pseudo_manifest or {}).get("input_size") or encoder.input_size)
-    cam_encoder = encoder
-    if (spec, input_size) != (encoder.spec, encoder.input_size):
-        from tedloc.pipeline.image_encoders import build_image_encoder
-
-        log.info("CAM baseline: pseudo-label encoder %s @%d differs from the model's %s @%d",
-                 spec, input_size, encoder.spec, encoder.input_size)
-        cam_encoder = build_image_encoder(spec, input_size=input_size, device=device)
-    weight, bias = classifier.weight, classifier.bias
-    num_classes = len(class_names)
-    if (pseudo_manifest or {}).get("class_names") and weight.shape[0] == num_classes:
-        order = match_classes(class_names, pseudo_manifest["class_names"], found_where="the model",
-                              wanted_where=str(path), hint="rerun train on these pseudo-labels")
-        if order is not None:  # train mapped the pseudo-labels' classes to the anchors' order
-            weight, bias = weight[order], bias[order]
-    if weight.shape != (num_classes, cam_encoder.feature_dim) or bias.shape != (num_classes,):
-        raise ArtifactError(f"{path}: weight {weight.shape} / bias {bias.shape} do not match "
-                            f"{num_classes} classes × {cam_encoder.feature_dim} features of {spec}")
-    return _Baseline(weight, bias), cam_encoder
-
-
 def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: Sequence[Record],
                   writer: ShardedWriter, checkpoint_path: Path) -> None:
     """Phase 1: run the model (and the baseline) on ``records``; write shards of maps."""
     import torch
-    from tqdm import tqdm
 
     from tedloc.pipeline.cpu_memory import keep_freed_memory
     from tedloc.pipeline.image_encoders import resolve_device
     from tedloc.pipeline.image_loader import make_image_loader
     from tedloc.pipeline.localizer import Localizer
+    from tedloc.pipeline.progress import progress
 
     device = resolve_device(config.device)
     if device.type == "cpu" and config.cpu_keep_freed_memory:
@@ -182,8 +129,9 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
     localizer = Localizer.from_checkpoint(checkpoint_path, device)
     encoder = localizer.encoder
     num_classes = len(localizer.class_names)
-    loaded = (_load_baseline(workdir, _pseudo_manifest(workdir), encoder, list(localizer.class_names), device)
-              if config.baseline else None)
+    # The CAM baseline maps the GT class among the model's: not defined for other classes.
+    loaded = (load_baseline(workdir, _pseudo_manifest(workdir), encoder, list(localizer.class_names), device)
+              if config.baseline and not config.class_agnostic else None)
     baseline, cam_encoder = loaded if loaded is not None else (None, None)
     size = config.eval_size
     loader = make_image_loader(dataset, records, input_size=encoder.input_size, batch_size=config.batch_size,
@@ -214,7 +162,7 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
         skipped.clear()
 
     by_id = {r.image_id: r for r in records}
-    with tqdm(total=len(records), desc="evaluate: maps", unit="img") as bar:
+    with progress(total=len(records), desc="evaluate: maps", unit="img") as bar:
         for batch in loader:
             skipped.update(batch.bad)
             if len(batch):
@@ -274,42 +222,52 @@ def check_boxes_inside(dataset: Dataset, record: Record, size: tuple[int, int]) 
 def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
     """Run the evaluate stage; return the manifest path (see the module docstring)."""
     from tedloc.artifacts.checkpoint import load_checkpoint
-    from tedloc.data.open import open_dataset
 
     workdir = Path(workdir)
     _, train_identity = _train_identity(workdir)
     checkpoint_path = workdir / "train" / config.checkpoint
     checkpoint = load_checkpoint(checkpoint_path)
-    class_names = [str(n) for n in checkpoint.get("class_names", [])]
     pseudo_manifest = _pseudo_manifest(workdir)
 
-    spec = resolve_dataset(config, workdir)
-    dataset = open_dataset(spec, config.split)
-    # The model's classes matched by name (an ImageFolder sorts its own): dataset label -> model class.
-    label_map = match_classes(dataset.class_names, class_names, found_where=f"dataset {spec} ({config.split})",
-                              wanted_where=f"the model {checkpoint_path}",
-                              hint="evaluate on a dataset of the classes the model was trained on"
-                              ) if class_names else None
-    records = remap_records(dataset.head(config.limit), label_map)
+    source = resolve_source(config, workdir)
+    spec = source.spec
+    dataset = source.open(config.split)
+    log.info("evaluate: class names of %s from %s", source, dataset.class_names_source or "the dataset")
+    # Labels in the model's classes (matched by name), or the dataset's own when class-agnostic.
+    scored = scored_classes(dataset, dataset.head(config.limit), checkpoint.get("class_names", []),
+                            class_agnostic=config.class_agnostic, dataset_where=f"dataset {spec} ({config.split})",
+                            model_where=f"the model {checkpoint_path}")
+    records, label_map = scored.records, scored.label_map
     if not records:
         raise InputError(spec, f"split {config.split!r} has no images")
-    class_names = class_names or list(dataset.class_names)
 
     header = ArtifactHeader(
         format=files.FORMAT, format_version=files.FORMAT_VERSION,
-        config={**config.stored_dict(), "dataset": absolute_dataset_spec(spec)},
+        config={**config.stored_dict(), "dataset": absolute_dataset_spec(spec),
+                "metadata": absolute_spec(source.metadata, "file"),
+                "class_names": absolute_spec(source.class_names, "file")},
         config_hash=config.config_hash(),
-        upstream_hash=hash_json({"train": train_identity, "data": dataset_content_hash(class_names, records)}),
+        upstream_hash=hash_json({"train": train_identity,
+                                 "data": dataset_content_hash(scored.label_names, records)}),
     )
-    stage_dir = workdir / "evaluate"
-    inputs = ReportInputs(dataset=dataset, records=records, class_names=class_names,
+    name = config.name or default_name(spec, config.split, source.metadata)
+    stage_dir = evaluation_dir(workdir, name)
+    log.info("evaluate: evaluation %r of %s (%s) in %s", name, spec, config.split, stage_dir)
+    inputs = ReportInputs(dataset=dataset, records=records, class_names=scored.label_names,
                           stored_threshold=stored_threshold_of(checkpoint, checkpoint_path),
                           baseline_threshold=baseline_threshold_of(config, pseudo_manifest),
-                          checkpoint=str(checkpoint_path), label_map=label_map)
+                          checkpoint=str(checkpoint_path), label_map=label_map,
+                          model_class_names=scored.model_names, class_agnostic=scored.class_agnostic)
     ids = [r.image_id for r in records]
     writer = ShardedWriter(stage_dir, header, supported_versions=(files.FORMAT_VERSION,))
     with writer:
-        if writer.open(overwrite=overwrite):
+        try:
+            finished = writer.open(overwrite=overwrite)
+        except ConfigMismatchError as exc:
+            # Another dataset or model under this name: keeping both is one option away.
+            raise ConfigMismatchError(str(exc).replace("use another --workdir", "give this evaluation another "
+                                                       "--name (both are kept)")) from None
+        if finished:
             if not _outputs_missing(stage_dir, config):
                 log.info("evaluate: finished results in %s match this config; nothing to do", stage_dir)
                 return writer.manifest_path
@@ -325,13 +283,16 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
                                                           "top1_cls", "pxap") if k in m["overall"]}
                    for key, m in results["methods"].items()}
         path = writer.finish(ids, also=_report_files(stage_dir), extra={
-            "dataset": header.config["dataset"], "split": config.split, "label_map": label_map,
+            "name": name, "dataset": header.config["dataset"], "split": config.split, "label_map": label_map,
+            "class_agnostic": scored.class_agnostic, "class_names_source": dataset.class_names_source,
             "train_identity": train_identity,
             "stored_threshold": inputs.stored_threshold, "baseline_threshold": inputs.baseline_threshold,
             "num_overlays": config.num_overlays, "export_scoremaps": config.export_scoremaps,
+            "html": _html_settings(config),
             "report_settings": _report_settings(config), "summary": summary,
             "outputs": [files.RESULTS_JSON, files.RESULTS_MD, files.PREDICTIONS, files.CURVE_PNG,
-                        files.OVERLAY_DIR] + ([files.SCOREMAP_DIR] if config.export_scoremaps else []),
+                        files.OVERLAY_DIR] + ([files.SCOREMAP_DIR] if config.export_scoremaps else [])
+                       + ([INDEX_HTML] if config.html else []),
         })
     if path is None:  # cannot happen with one process; kept for the contract of finish()
         raise ArtifactError(f"{stage_dir}: images are missing after the run")
@@ -361,4 +322,10 @@ def _outputs_missing(stage_dir: Path, config: Config) -> bool:
     if not all((stage_dir / name).is_file() for name in (files.RESULTS_JSON, files.RESULTS_MD, files.PREDICTIONS)):
         return True
     return (manifest.get("num_overlays") != config.num_overlays
-            or manifest.get("report_settings") != _report_settings(config))
+            or manifest.get("report_settings") != _report_settings(config)
+            or manifest.get("html") != _html_settings(config))
+
+
+def _html_settings(config: Config) -> dict[str, Any] | None:
+    """What index.html was made with (None: not written), to rewrite it when asked otherwise."""
+    return {"max_images": config.html_max_images, "image_size": config.html_image_size} if config.html else None

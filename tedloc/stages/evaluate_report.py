@@ -29,6 +29,7 @@ from tedloc.pipeline import metrics, render
 from tedloc.pipeline.boxes import boxes_in_original
 from tedloc.pipeline.centre_prior import centre_prior
 from tedloc.pipeline.groups import GroupedAccumulator, group_keys, image_groups
+from tedloc.stages.evaluate_classes import CLASS_AGNOSTIC_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class ReportInputs:
     #: dataset label k -> model class label_map[k] when the dataset lists the model's
     #: classes in another order (``records`` are mapped already); None when they agree.
     label_map: list[int] | None = None
+    #: The classes of the model's logits (predictions, captions); None: ``class_names``.
+    model_class_names: list[str] | None = None
+    #: Labels are the dataset's own (``class_names`` are its classes): the metrics that need
+    #: the model to name the GT class are not computed (:mod:`tedloc.stages.evaluate_classes`).
+    class_agnostic: bool = False
 
 
 def _eval_mask(mask: np.ndarray | None, size: int) -> np.ndarray | None:
@@ -120,9 +126,9 @@ def _score_chunk(stage_dir: Path, size: int, accs: dict[str, GroupedAccumulator]
             foreground, ignore = _eval_mask(fg, size), _eval_mask(ig, size)
         maps = _read_maps(reader, image_id, has_baseline)
         logits = {key: reader.read(STORED_METHODS[key][1], image_id) for key in maps}
-        try:
-            results = {key: acc.add(maps[key], logits[key], label, gt, groups=groups, image_id=image_id,
-                                    foreground=foreground, ignore=ignore)
+        try:  # class-agnostic: the logits name the model's classes, not the label's
+            results = {key: acc.add(maps[key], logits[key] if acc.overall.classifies else None, label, gt,
+                                    groups=groups, image_id=image_id, foreground=foreground, ignore=ignore)
                        for key, acc in fresh.items() if key in maps}
             if prior is not None:
                 results["centre_prior"] = fresh["centre_prior"].add(
@@ -172,12 +178,13 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
     Returns the results dict (also written as ``results.json``).  The numbers do not depend
     on ``config.num_workers`` (counts are summed).
     """
-    from tqdm import tqdm
+    from tedloc.pipeline.progress import progress
 
     started = time.perf_counter()
     size = config.eval_size
     thresholds = metrics.threshold_grid(config.cam_curve_interval)
     names = inputs.class_names
+    model_names = inputs.model_class_names or names
     common = dict(iou_thresholds=config.iou_thresholds, v1_iou=config.v1_iou, loc_iou=config.loc_iou,
                   loc_multi_contour=config.loc_multi_contour)
 
@@ -187,7 +194,7 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
 
     with ShardedReader(stage_dir, files.FORMAT, allow_partial=True) as reader:
         has_baseline = reader.has("cam_map")
-        accs = {"tedloc": method(stored_threshold=inputs.stored_threshold)}
+        accs = {"tedloc": method(stored_threshold=inputs.stored_threshold, classifies=not inputs.class_agnostic)}
         if has_baseline:
             accs["cam_baseline"] = method(stored_threshold=inputs.baseline_threshold)
         if config.centre_prior:
@@ -202,7 +209,7 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
         for old in overlay_dir.glob("*.png") if overlay_dir.is_dir() else ():
             old.unlink()  # a rerun with another sample size must not leave stale pictures
         with files.jsonl_writer(stage_dir / files.PREDICTIONS) as predictions, \
-                tqdm(total=len(records), desc="evaluate: metrics", unit="img") as bar:
+                progress(total=len(records), desc="evaluate: metrics", unit="img") as bar:
             for part_accs, scored in _scored_chunks(stage_dir, size, accs, inputs.dataset, records,
                                                     config.num_workers, reader, config.centre_prior_sigma):
                 for key, acc in accs.items():
@@ -210,15 +217,15 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
                 for item in scored:
                     record = by_id[item.image_id]
                     files.write_jsonl_line(predictions, _prediction_line(
-                        record, item.label, item.logits["tedloc"], item.results["tedloc"], names,
+                        record, item.label, item.logits["tedloc"], item.results["tedloc"], names, model_names,
                         inputs.stored_threshold, item.image_size, size))
                     if config.export_scoremaps or item.image_id in overlay_ids:
                         maps = _read_maps(reader, item.image_id, has_baseline)
                     if config.export_scoremaps:
                         files.save_scoremap(scoremap_root, item.image_id, maps["tedloc"])
                     if item.image_id in overlay_ids:
-                        picture = _overlay_picture(inputs.dataset, record, maps, item.results, item.logits, names,
-                                                   item.image_size, size, config.loc_multi_contour)
+                        picture = _overlay_picture(inputs.dataset, record, maps, item.results, item.logits,
+                                                   model_names, item.image_size, size, config.loc_multi_contour)
                         files.write_png(overlay_dir / files.overlay_name(overlay_ids[item.image_id], item.image_id),
                                         picture)
                 bar.update(len(scored))
@@ -235,8 +242,11 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
         "num_images": len(records),
         "skipped": skipped,
         "class_names": names,
+        "class_names_source": inputs.dataset.class_names_source,
         **({"dataset_class_names": list(inputs.dataset.class_names), "label_map": inputs.label_map}
            if inputs.label_map is not None else {}),
+        "class_agnostic": inputs.class_agnostic,
+        **({"model_class_names": model_names, "left_out": CLASS_AGNOSTIC_NOTE} if inputs.class_agnostic else {}),
         "conventions": {
             "eval_size": size, "cam_curve_interval": config.cam_curve_interval,
             "num_thresholds": len(thresholds), "iou_thresholds": list(config.iou_thresholds),
@@ -254,6 +264,11 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
     }
     files.write_results(stage_dir, results)
     _write_curve(stage_dir, results, inputs.stored_threshold)
+    if config.html:  # after predictions.jsonl and results.json, whose numbers it shows
+        from tedloc.stages.evaluate_html import write_index_html
+
+        write_index_html(stage_dir, results, inputs.dataset, records, name=stage_dir.name,
+                         max_images=config.html_max_images, side=config.html_image_size)
     log.info("evaluate: metrics of %d images in %.1f s", len(records), time.perf_counter() - started)
     return results
 
@@ -267,13 +282,15 @@ def _overlay_sample(ids: Sequence[str], count: int) -> dict[str, int]:
 
 
 def _prediction_line(record: Record, label: int, logits: np.ndarray, result: metrics.ImageResult,
-                     names: Sequence[str], threshold: float, image_size: tuple[int, int],
-                     size: int) -> dict[str, Any]:
-    _, top5 = metrics.ranked_classes(logits, names)
+                     label_names: Sequence[str], model_names: Sequence[str], threshold: float,
+                     image_size: tuple[int, int], size: int) -> dict[str, Any]:
+    """One line of predictions.jsonl: ``label`` indexes ``label_names``, the logits
+    ``model_names`` (the same list unless class-agnostic)."""
+    _, top5 = metrics.ranked_classes(logits, model_names)
     return {
         "image_id": record.image_id,
         "label": label,
-        "label_name": names[label],
+        "label_name": label_names[label],
         "class": top5[0]["class"],
         "class_name": top5[0]["class_name"],
         "score": top5[0]["score"],

@@ -52,7 +52,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 def predict_images(inputs: Sequence[str | Path], *, checkpoint: str | Path, threshold: float | None = None,
                    overlays: str | Path | None = None, on_bad_image: str = "fail", device: str = "auto",
-                   batch_size: int = 16, conventions: EvaluateConfig | None = None) -> dict[str, Any]:
+                   batch_size: int = 16, conventions: EvaluateConfig | None = None,
+                   maps: bool = False) -> dict[str, Any]:
     """Run the localizer of ``checkpoint`` on image files.
 
     Args:
@@ -65,11 +66,14 @@ def predict_images(inputs: Sequence[str | Path], *, checkpoint: str | Path, thre
         device: cpu, cuda, cuda:N or auto.
         batch_size: images per forward pass.
         conventions: map processing (eval size, normalization); the evaluate defaults.
+        maps: also return each image's map (an h×w grid of numbers per image: off by default,
+            so that what is printed is the class, score and boxes).
 
     Returns:
         ``{"checkpoint", "threshold", "class_names", "predictions": [per image: image,
         image_size (w, h), class, class_name, score, top5, boxes (every region above τ),
-        box (the largest region's, or None), map (grid resolution, 3 decimals), map_size],
+        box (the largest region's, or None), and with ``maps`` map (grid resolution, 3
+        decimals) and map_size],
         "skipped": {file: reason}}``.
     """
     import torch
@@ -135,8 +139,8 @@ def predict_images(inputs: Sequence[str | Path], *, checkpoint: str | Path, thre
                 "top5": top5,
                 "boxes": boxes,
                 "box": box[0] if box else None,
-                "map": np.round(grid_maps[i].astype(np.float64), 3).tolist(),
-                "map_size": list(grid_maps[i].shape),
+                **({"map": np.round(grid_maps[i].astype(np.float64), 3).tolist(),
+                    "map_size": list(grid_maps[i].shape)} if maps else {}),
             })
             if overlay_dir is not None:
                 picture = render.overlay(images[i], scoremap, pred_boxes=np.asarray(boxes).reshape(-1, 4),

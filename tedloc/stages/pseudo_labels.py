@@ -57,7 +57,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tedloc.artifacts.atomic import BackgroundCommitter
 from tedloc.artifacts.buffer_pool import BufferPool
@@ -110,6 +109,7 @@ from tedloc.pipeline.image_encoders import (
     resolve_device,
 )
 from tedloc.pipeline.image_loader import ImageLoader, make_image_loader, resolve_decode_workers
+from tedloc.pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,10 @@ def resolve_sharding(config: Config) -> tuple[int, int]:
 def resolve_method(config: Config) -> str:
     clip = config.encoder.startswith(("clip:", "open_clip:"))
     if config.method == "auto":
-        return "clip-es" if config.encoder.startswith("clip:") else "cam"
-    if config.method == "clip-es" and not config.encoder.startswith("clip:"):
-        raise ConfigError(f"pseudo_labels: method clip-es needs a clip:<model> encoder, got {config.encoder!r}"
-                          + (" (open_clip is supported with method cam)" if clip else ""))
+        return "clip-es" if clip else "cam"
+    if config.method == "clip-es" and not clip:
+        raise ConfigError(f"pseudo_labels: method clip-es needs a CLIP encoder (clip:<model> or "
+                          f"open_clip:<model>), got {config.encoder!r}")
     return config.method
 
 
@@ -376,7 +376,7 @@ def _encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: li
     # cache once on disk and the next files reuse them (see BackgroundCommitter).
     with BackgroundCommitter(drop_cache=DROP_STAGED_PAGES) as committer:
         try:
-            for batch in tqdm(loader, desc="pseudo-labels: encode", unit="batch"):
+            for batch in progress(loader, desc="pseudo-labels: encode", unit="batch"):
                 if batch.bad:
                     log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
                 n = len(batch)
@@ -433,7 +433,7 @@ def pooled_features(encoder: ImageEncoder, dataset: Dataset, records: Sequence[R
     """id -> float32 (c,) pooled feature of the readable ``records`` (an encoder pass)."""
     loader = image_loader(config, encoder, dataset, records)
     out: dict[str, np.ndarray] = {}
-    for batch in tqdm(loader, desc="pseudo-labels: pooled features", unit="batch"):
+    for batch in progress(loader, desc="pseudo-labels: pooled features", unit="batch"):
         if len(batch):
             pooled, _, _ = encode_batch(encoder, batch.pixels, with_flip=False,
                                         forward_batch=resolve_forward_batch(config, encoder))
@@ -651,7 +651,7 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
     weight_t = torch.as_tensor(weight, device=encoder.device)
     grids = ["features"] + (["features_flip"] if has_flip else [])
     done = 0
-    for entry in tqdm(sorted(files, key=lambda f: f.seq), desc="pseudo-labels: maps", unit="batch"):
+    for entry in progress(sorted(files, key=lambda f: f.seq), desc="pseudo-labels: maps", unit="batch"):
         rows = [row for row, image_id in enumerate(entry.ids) if image_id in pending]
         skipped = {k: v for k, v in entry.skipped.items() if k in pending}
         whole = len(rows) == len(entry.ids) and len(skipped) == len(entry.skipped)
@@ -682,30 +682,33 @@ def _maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enc
 
 
 def compute_maps(encoder: ImageEncoder, pixels: torch.Tensor, labels: torch.Tensor, *, method: str,
-                 weight: torch.Tensor, clip_es, want_grid: bool, want_flip: bool, forward_batch: int = 0
+                 weight: torch.Tensor, clip_es, want_grid: bool, want_flip: bool, forward_batch: int = 0,
+                 originals: Sequence[np.ndarray] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Two-pass fallback, one batch of uint8 (B, S, S, 3) ``pixels``: (maps float32 (B, h, w)
     in [0, 1], grid or None, flipped grid or None).  Grid and flipped grid come from the same
     forwards of ``[images; flipped]`` (:func:`encode_batch`); CLIP-ES adds its own forward
-    with gradients."""
+    with gradients (on ``originals``, the images at their own sizes, for its resolution
+    ``image``)."""
     grid = flip_grid = None
     if method == "cam" or want_grid:
         _, grid, flip_grid = encode_batch(encoder, pixels, with_flip=want_flip, forward_batch=forward_batch)
     if method == "cam":
         maps = cam_from_grid(grid, weight, labels)
     else:
-        maps = clip_es.maps(encoder.normalize(pixels), labels)
+        maps = clip_es.grid_maps(pixels, labels, originals).to(labels.device)
     return maps, grid if want_grid else None, flip_grid
 
 
 def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
     """Compute the pseudo-labels into ``<workdir>/pseudo_labels/``; return the manifest path
     (or, for a process whose part is done while others are still running, the directory)."""
-    from tedloc.data.open import open_dataset
+    from tedloc.data.source import DatasetSource
 
     config.validate()
     directory = Path(workdir) / STAGE_DIR
-    dataset = open_dataset(config.dataset, config.split)
+    dataset = DatasetSource.of(config).open(config.split)
+    log.info("pseudo-labels: class names of %s from %s", config.dataset, dataset.class_names_source or "the dataset")
     records = select_records(dataset, config.limit)
     all_ids = [r.image_id for r in records]
     num_shards, shard_index = resolve_sharding(config)
@@ -795,26 +798,28 @@ def _compute(config: Config, encoder: ImageEncoder, dataset: Dataset, records: l
     if method == "clip-es":
         from tedloc.pipeline.clip_es import ClipES
 
-        clip_es = ClipES(encoder, dataset.class_names, prompt=config.clip_es_prompt,
-                         backgrounds=config.clip_es_backgrounds, refine=config.clip_es_refine,
-                         attention_layers=config.clip_es_attention_layers,
-                         refine_threshold=config.clip_es_refine_threshold)
+        clip_es = ClipES.from_config(encoder, dataset.class_names, config)
+    by_id = {r.image_id: r for r in records}
     janitor = _StagingJanitor(staged, writer)
     buffer = _ShardBuffer(writer, config.shard_size, _dataset_attrs(config, encoder, method),
                           on_flush=janitor.sweep, compression=_feature_compression(config))
     weight_t = torch.as_tensor(weight, device=encoder.device)
     loader = image_loader(config, encoder, dataset, records)
     done = 0
-    for batch in tqdm(loader, desc="pseudo-labels: maps", unit="batch"):
+    for batch in progress(loader, desc="pseudo-labels: maps", unit="batch"):
         if batch.bad:
             log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
         arrays: dict[str, np.ndarray] = {}
         if len(batch):
             labels = torch.as_tensor(batch.labels, device=encoder.device)
+            # CLIP-ES at each image's own size decodes it again (the loader resized it)
+            originals = ([dataset.load_image(by_id[i]) for i in batch.ids]
+                         if clip_es is not None and clip_es.resolution == "image" else None)
             maps, grid, flip_grid = compute_maps(encoder, batch.pixels, labels, method=method,
                                                  weight=weight_t, clip_es=clip_es,
                                                  want_grid=has_features, want_flip=has_flip,
-                                                 forward_batch=resolve_forward_batch(config, encoder))
+                                                 forward_batch=resolve_forward_batch(config, encoder),
+                                                 originals=originals)
             arrays = _map_rows(config, encoder, maps, batch.labels, batch.sizes)
             scoring.add(batch.ids, arrays)
             if grid is not None:
@@ -915,6 +920,7 @@ def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Se
         "dataset": writer.header.config["dataset"],  # absolute: later stages read it from anywhere
         "split": config.split,
         "class_names": list(dataset.class_names),
+        "class_names_source": dataset.class_names_source,
         "box_threshold": config.box_threshold,
         "has_features": has_features,
         "has_flip_features": has_flip,

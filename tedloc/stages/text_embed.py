@@ -90,12 +90,13 @@ def resolve_templates(config: Config) -> list[str]:
     return read_templates_file(config.templates_file) if config.templates_file else list(config.templates)
 
 
-def resolve_class_names(config: Config) -> tuple[list[str], list[str]]:
-    """(dataset class names in label order, names for the prompts)."""
-    from tedloc.data.open import open_dataset
+def resolve_class_names(config: Config) -> tuple[list[str], list[str], str]:
+    """(dataset class names in label order, names for the prompts, where the names came from)."""
+    from tedloc.data.source import DatasetSource
 
-    dataset = open_dataset(config.dataset, config.split)
+    dataset = DatasetSource.of(config).open(config.split)
     names = list(dataset.class_names)
+    log.info("text-embed: class names of %s from %s", config.dataset, dataset.class_names_source or "the dataset")
     if not names:
         raise InputError(config.dataset, f"split {config.split!r} has no classes")
     prompt_names = names
@@ -109,7 +110,7 @@ def resolve_class_names(config: Config) -> tuple[list[str], list[str]]:
             raise ConfigError(f"{config.dataset}: classes {seen[name]} and {label} are both named "
                               f"{name!r}; give them distinct names with class_name_map")
         seen[name] = label
-    return names, prompt_names
+    return names, prompt_names, dataset.class_names_source
 
 
 def make_header(config: Config, *, class_names: list[str], prompt_names: list[str],
@@ -132,7 +133,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
 
     config.validate()
     directory = Path(workdir) / STAGE_DIR
-    class_names, prompt_names = resolve_class_names(config)
+    class_names, prompt_names, names_source = resolve_class_names(config)
     templates = resolve_templates(config)
 
     encoder = None
@@ -160,6 +161,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
             "orthogonalization": result.branch,
             "mean_abs_cos_before": result.mean_abs_cos_before,
             "mean_abs_cos_after": result.mean_abs_cos_after,
+            "class_names_source": names_source,  # where the names came from (they enter the hash)
         }
         path = write_text_embed(directory / FILE_NAME, header, class_names=class_names,
                                 prompt_names=prompt_names, templates=templates, raw=raw,

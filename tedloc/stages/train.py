@@ -196,12 +196,11 @@ class _Source:
         if kind == "memory":
             self.memory = MemoryFeatures(index, with_flip=flip_ok)
         elif kind == "encoder":
-            from tedloc.data.open import open_dataset
             from tedloc.pipeline.image_encoders import build_image_encoder
 
             if not index.dataset:
                 raise ArtifactError(f"{index.directory / MANIFEST}: no dataset recorded; cannot encode images")
-            dataset = open_dataset(index.dataset, index.split)
+            dataset = index.open_dataset()
             by_id = dataset.by_id() if callable(getattr(dataset, "by_id", None)) else dataset.by_id
             missing = [i for i in index.ids if i not in by_id]
             if missing:
@@ -369,11 +368,10 @@ def _run(config: Config, workdir: Path, overwrite: bool, on_epoch_end, ddp: _Dis
 def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index: PseudoLabelIndex,
            state: dict[str, Any] | None, on_epoch_end, ddp: _Dist) -> Path:
     """The epoch loop (from ``state`` when resuming), then :func:`_finish` on rank 0."""
-    from tqdm import tqdm
-
     from tedloc.pipeline.fine_grid import upsample_maps
     from tedloc.pipeline.losses import LossWeights, tedloc_losses
     from tedloc.pipeline.model import HeadConfig, TedLocHead
+    from tedloc.pipeline.progress import progress
     from tedloc.pipeline.sampling import sample_patches
 
     kind, flip_ok = _choose_source(config, index)
@@ -434,8 +432,8 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
         generator = torch.Generator().manual_seed(derived_seed(config.seed, epoch, ddp.rank, "patches"))
         sums = torch.zeros(9, dtype=torch.float64)
         head.train()
-        bar = tqdm(total=len(plan), desc=f"train: epoch {epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not (ddp.main and config.progress), leave=False)
+        bar = progress(total=len(plan), desc=f"train: epoch {epoch + 1}/{config.epochs}", unit="batch",
+                       disable=not (ddp.main and config.progress), leave=False)
         for grids, indices, flips in source.iterate(plan):
             rows = torch.as_tensor(indices, dtype=torch.long)
             cam = cams.index_select(0, rows)
