@@ -4,14 +4,15 @@
 
 A diagnostic only: the ground truth read here is never used to make pseudo-labels or to train.
 Each ``RUN`` is a workdir with a finished ``pseudo_labels`` stage (and, optionally, an
-``evaluate`` stage on a split with masks, e.g. the demo's ``val``).  For each it reports:
+evaluation on a split with masks, e.g. the demo's ``val``: ``RUN/evaluate/<name>/``, the one
+named by ``--evaluation``, else the first with the CAM baseline).  For each it reports:
 
 * **train split, pseudo boxes**: each training image's pseudo box (the box of its
   pseudo-label map at the stage's ``box_threshold``) against the image's GT boxes: mean
   best IoU and the share with IoU ≥ 0.5, overall and by object size (the largest GT box's
   share of the image, evaluate's bins).  The demo's training images keep their boxes for
   this; they have no masks.
-* **held-out split, the same maps** (when ``RUN/evaluate`` has the CAM baseline): the
+* **held-out split, the same maps** (when an evaluation has the CAM baseline): the
   pseudo-label method applied to the held-out images with their labels is the CAM baseline
   the evaluate stage stores (same classifier, same encoder, the GT class's map), so its
   maps give the box IoU and the **mask IoU** (the map's region above ``box_threshold``
@@ -40,14 +41,13 @@ EVAL_SIZE = 224
 def train_quality(workdir: Path) -> dict[str, Any]:
     """Pseudo boxes of the training split against its GT boxes (see the module docstring)."""
     from tedloc.artifacts.train_data import read_pseudo_label_index
-    from tedloc.data.open import open_dataset
     from tedloc.pipeline.groups import image_groups
     from tedloc.pipeline.metrics import gt_boxes_at_eval_size
     from tedloc.pipeline.pseudo_quality import best_box_iou, summarize
 
     index = read_pseudo_label_index(workdir)
     manifest = json.loads((index.directory / "manifest.json").read_text())
-    records = open_dataset(index.dataset, index.split).by_id()
+    records = index.open_dataset().by_id()
     ious, groups = [], []
     for k, image_id in enumerate(index.ids):
         record = records[image_id]
@@ -63,8 +63,22 @@ def train_quality(workdir: Path) -> dict[str, Any]:
             "boxes": summarize(ious, groups)}
 
 
-def held_out_quality(workdir: Path, level: float) -> dict[str, Any] | None:
-    """The CAM baseline maps of ``workdir/evaluate`` at ``level``: box and mask IoU."""
+def find_evaluation(workdir: Path, name: str | None) -> Path | None:
+    """``workdir/evaluate/<name>`` (``name`` None: the first finished one with the CAM
+    baseline, by name), or None."""
+    root = workdir / "evaluate"
+    if name:
+        return root / name if (root / name / "manifest.json").is_file() else None
+    # evaluate/<name>/ (named evaluations), or evaluate/ itself (workdirs made before them)
+    for stage in sorted(p.parent for p in [*root.glob("manifest.json"), *root.glob("*/manifest.json")]):
+        results = stage / "results.json"
+        if results.is_file() and "cam_baseline" in json.loads(results.read_text()).get("methods", {}):
+            return stage
+    return None
+
+
+def held_out_quality(stage: Path | None, level: float) -> dict[str, Any] | None:
+    """The CAM baseline maps of the evaluation in ``stage`` at ``level``: box and mask IoU."""
     import cv2
 
     from tedloc.artifacts import evaluate as files
@@ -75,8 +89,7 @@ def held_out_quality(workdir: Path, level: float) -> dict[str, Any] | None:
     from tedloc.pipeline.metrics import gt_boxes_at_eval_size
     from tedloc.pipeline.pseudo_quality import best_box_iou, mask_iou, summarize
 
-    stage = workdir / "evaluate"
-    if not (stage / "manifest.json").is_file():
+    if stage is None:
         return None
     results = json.loads((stage / "results.json").read_text())
     dataset = open_dataset(results["dataset"], results["split"])
@@ -162,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, action="append", required=True,
                         help="a workdir with pseudo_labels (and optionally evaluate); repeat to compare")
     parser.add_argument("--name", action="append", help="a table title per --workdir (default: its path)")
+    parser.add_argument("--evaluation", help="the evaluation's name (RUN/evaluate/NAME); default: the first "
+                                             "with the CAM baseline")
     parser.add_argument("--write", type=Path, help="report file whose section to (re)write")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
@@ -173,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         train = train_quality(workdir)
         level = float(train["box_threshold"] if train["box_threshold"] is not None else 0.5)
         runs.append({"name": name, "workdir": str(workdir), "train": train,
-                     "held_out": held_out_quality(workdir, level)})
+                     "held_out": held_out_quality(find_evaluation(workdir, args.evaluation), level)})
     command = "python benchmarks/pseudo_label_quality.py " + " ".join(
         f"--workdir {w} --name '{n}'" for w, n in zip(args.workdir, names, strict=True))
     section = render(runs, command)
