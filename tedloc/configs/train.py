@@ -57,15 +57,18 @@ class Config(StageConfig):
     # --- FG/BG patch sampling from the pseudo-label maps (redrawn every epoch) -------------
     n_fg: int = option(4, "FG patches sampled per image and step.")
     n_bg: int = option(4, "BG patches sampled per image and step.")
-    p_fg: float = option(0.2, "FG patches are drawn among this top fraction of map values (∝ map).")
+    # 0.05 of Lite0's 196 patches: at most 10 FG candidates (within fg_region); 0.2 (40) put
+    # most of a small object's candidates on its surroundings (val MaxBoxAccV2 by size: RESULTS.md).
+    p_fg: float = option(0.05, "FG patches are drawn among this top fraction of map values (∝ map).")
     p_bg: float = option(0.3, "BG patches are drawn among this bottom fraction of map values (∝ 1 − map).")
     # The map's own region instead of a fixed share of the grid: with p_fg = 0.2 a Lite0 map
     # offers its top 40 of 196 patches as FG whatever the object's size, most of them around
     # a small object.  The region is the one whose box is the pseudo box, against which the
     # map threshold is chosen: FG patches and threshold then agree on what the object is.
-    fg_region: bool = option(False, "FG candidates: the pseudo-label map's region above the pseudo-labels' "
+    fg_region: bool = option(True, "FG candidates: the pseudo-label map's region above the pseudo-labels' "
                                     "box_threshold (at most the top p_fg); off: the top p_fg alone.")
-    bg_level: float = option(1.0, "BG candidates: patches with pseudo-label value ≤ this (at most the bottom p_bg); 1 = the bottom p_bg alone.")
+    # BG candidates well below the region (the bottom p_bg of a map can reach a large object).
+    bg_level: float = option(0.2, "BG candidates: patches with pseudo-label value ≤ this (at most the bottom p_bg); 1 = the bottom p_bg alone.")
 
     # --- data ---------------------------------------------------------------------------------
     # auto: cached features when the pseudo-labels hold them, else the encoder on the fly.
