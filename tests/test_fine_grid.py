@@ -1,5 +1,7 @@
 """A finer stage packed into the encoder grid: packing, the fine decoder's shapes, '-fine' encoders."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,27 @@ def test_efficientnet_lite0_fine_grid():
     coarse, early = fine_grid.unpack(b.grid, 40)
     assert early.shape == (1, 40, 28, 28)
     assert torch.allclose(b.pooled, b.grid.mean(dim=(1, 2)))
+
+
+def test_the_stages_run_on_a_fine_encoder_and_give_maps_twice_as_fine(tmp_path):
+    from tedloc.artifacts.checkpoint import load_checkpoint
+    from tedloc.configs.evaluate import Config as EvaluateConfig
+    from tedloc.stages import evaluate
+    from tedloc.stages.predict import predict_images
+    from tests.helpers_data import make_wsol_tree, save_tiny_clip
+    from tests.helpers_model import train_real_pipeline
+
+    root = make_wsol_tree(tmp_path, splits={"train": 8, "test": 4}, num_classes=2)
+    workdir = tmp_path / "work"
+    model = train_real_pipeline(workdir, root, save_tiny_clip(tmp_path / "clip"), encoder="tiny-cnn-fine")
+    manifest = json.loads((workdir / "pseudo_labels" / "manifest.json").read_text())
+    assert manifest["encoder"] == "tiny-cnn-fine" and manifest["grid"] == [16, 16]
+    assert manifest["fine_dim"] == 16 and manifest["feature_dim"] == 32 + 4 * 16
+    state = load_checkpoint(model)
+    assert state["head_config"]["fine_dim"] == 16 and state["encoder"] == "tiny-cnn-fine"
+    evaluate.run(EvaluateConfig(num_workers=0, device="cpu", num_overlays=0), workdir=workdir)
+    results = json.loads((workdir / "evaluate" / "data-test" / "results.json").read_text())
+    assert results["num_images"] == 4
+    (pred,) = predict_images([root / "images" / "test" / "0001.png"], checkpoint=model, device="cpu",
+                             maps=True)["predictions"]
+    assert pred["map_size"] == [32, 32]

@@ -43,8 +43,11 @@ class Config(StageConfig):
     # 17x17 at 260 px), open_clip:EVA02-L-14/merged2b_s4b_b131k (the paper's EVA-CLIP ViT-L/14,
     # 16x16 at 224 px), open_clip:ViT-B-16/openai (CLIP-ES's own model); also
     # clip:<hub id or folder>, open_clip:<model>/<tag or weights file>,
-    # open_clip:local-dir:<folder>, open_clip:hf-hub:<id>, tiny-cnn (tests).
+    # open_clip:local-dir:<folder>, open_clip:hf-hub:<id>, tiny-cnn (tests).  A CNN spec with
+    # '-fine' (efficientnet-lite0-fine, ...) packs its stride-8 stage into the grid: the same
+    # 14x14 grid (c = 1392 + 160) for maps at 28x28 (tedloc/pipeline/fine_grid.py).
     encoder: str = option("efficientnet-lite0", "Frozen image encoder: efficientnet-lite0 (default), efficientnet-lite2, "
+                          "either with '-fine' (stride-8 stage packed in: maps twice as fine), "
                           "open_clip:EVA02-L-14/merged2b_s4b_b131k (the paper's EVA-CLIP), open_clip:ViT-B-16/openai, "
                           "clip:<hub id or folder>, open_clip:<model>/<tag or file>, open_clip:local-dir:<folder>, tiny-cnn.")
     # 0 = the encoder's native size (224 Lite0, 260 Lite2, CLIP's image size, 64 tiny-cnn).
