@@ -61,8 +61,8 @@ def test_artifact_contents(data, tmp_path):
         assert stage.run(_config(data), workdir=tmp_path / "w") == manifest_path
     finally:
         stage.AFTER_BATCH_HOOK = None
-    with pytest.raises(ConfigMismatchError):
-        stage.run(_config(data, box_threshold=0.6), workdir=tmp_path / "w")
+    with pytest.raises(ConfigMismatchError):  # another box threshold than the default's
+        stage.run(_config(data, box_threshold=0.45), workdir=tmp_path / "w")
 
 
 def _fail_hook(done: int) -> None:
