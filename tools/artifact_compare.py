@@ -14,6 +14,7 @@ their epochs, thresholds and threshold choices, the per-epoch history but for it
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,13 @@ def arrays_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.all(a == b))
 
 
+def _rooted(text: str, roots: Sequence[Path]) -> str:
+    """``text`` with each of ``roots`` (longest first) replaced by ``<root k>``."""
+    for k, root in sorted(enumerate(roots), key=lambda item: -len(str(item[1]))):
+        text = text.replace(str(root), f"<root {k}>")
+    return text
+
+
 def _checkpoint_difference(got: dict[str, Any], ref: dict[str, Any], name: str, *, strict: bool) -> str:
     """'' when two checkpoints hold the same model, else what differs."""
     import torch
@@ -81,8 +89,13 @@ def _checkpoint_difference(got: dict[str, Any], ref: dict[str, Any], name: str, 
     return ""
 
 
-def artifacts_equal(stage: str, got: Path, ref: Path, *, strict: bool = False) -> tuple[bool, str]:
-    """Compare a stage directory ``got`` with the reference ``ref``: (equal, what differs)."""
+def artifacts_equal(stage: str, got: Path, ref: Path, *, strict: bool = False,
+                    roots: tuple[Sequence[Path], Sequence[Path]] = ((), ())) -> tuple[bool, str]:
+    """Compare a stage directory ``got`` with the reference ``ref``: (equal, what differs).
+
+    ``roots``: the folders of each side (its workdir, its code) whose paths in text files
+    (``results.json``: the checkpoint, the class-names file) stand for the same thing.
+    """
     if (ref / "shards").is_dir():
         rows_got, rows_ref = sharded_rows(got), sharded_rows(ref)
         if rows_got.keys() != rows_ref.keys():
@@ -106,8 +119,8 @@ def artifacts_equal(stage: str, got: Path, ref: Path, *, strict: bool = False) -
             if why:
                 return False, why
     if stage == "evaluate":
-        a = json.loads((got / "results.json").read_text())
-        b = json.loads((ref / "results.json").read_text())
+        a, b = (json.loads(_rooted((side / "results.json").read_text(), folders))
+                for side, folders in ((got, roots[0]), (ref, roots[1])))
         if a.get("methods") != b.get("methods"):
             return False, "results.json metrics differ"
         if strict and a != b:

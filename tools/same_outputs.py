@@ -89,7 +89,8 @@ def main() -> int:
                 print(f"{run}: {label} {stage} {seconds:.1f} s", flush=True)
         for stage in dict.fromkeys(stage for stage, _ in RUNS[run]):
             got, ref = (args.root / label / run / STAGE_DIRS[stage] for label in ("this", "base"))
-            same, why = artifacts_equal(stage, got, ref, strict=True)
+            same, why = artifacts_equal(stage, got, ref, strict=True,
+                                        roots=tuple((args.root / label / run, trees[label]) for label in ("this", "base")))
             different += not same
             print(f"{run}: {stage} {'equal' if same else 'DIFFERENT: ' + why}", flush=True)
     print("all equal" if not different else f"{different} stage(s) differ")

@@ -117,7 +117,7 @@ def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: S
     """Phase 1: run the model (and the baseline) on ``records``; write shards of maps."""
     import torch
 
-    from tedloc.pipeline.cpu_memory import keep_freed_memory
+    from tedloc.artifacts.cpu_memory import keep_freed_memory
     from tedloc.pipeline.image_encoders import resolve_device
     from tedloc.pipeline.image_loader import make_image_loader
     from tedloc.pipeline.localizer import Localizer
