@@ -157,7 +157,7 @@ def test_clip_es_stage_on_tiny_clip(data, tmp_path):
 
 
 def test_inspect_renders_a_map_overlay(data, tmp_path):
-    inspect = pytest.importorskip("tedloc.artifacts.inspect")
+    inspect = pytest.importorskip("tedloc.artifacts.inspect_image")
     stage.run(_config(data, limit=4), workdir=tmp_path / "w")
     out = inspect.render_image(tmp_path / "w/pseudo_labels", "images/train/0001.png", tmp_path / "o.png")
     import cv2
