@@ -433,3 +433,23 @@ def test_diagnostic_of_a_resumed_run_equals_an_uninterrupted_one(data, tmp_path)
     _run_interrupted(_config(data), tmp_path / "w", step="maps", after=8)
     resumed = json.loads(stage.run(_config(data), workdir=tmp_path / "w").read_text())["diagnostic"]
     assert resumed == reference
+
+
+def test_disk_and_memory_strategies_change_speed_not_values(data, tmp_path, monkeypatch):
+    """Every switch of IOStrategy off (plain h5py, no page-cache drop, writes in the encoder's
+    thread, grids copied into the shards, malloc left alone): the same values, the grids
+    stored in the shards themselves."""
+    import dataclasses
+
+    from tedloc.artifacts import io_strategy
+
+    stage.run(_config(data), workdir=tmp_path / "on")
+    plain = io_strategy.IOStrategy(**{f.name: False for f in dataclasses.fields(io_strategy.IOStrategy)})
+    monkeypatch.setattr(io_strategy, "DEFAULT", plain)
+    stage.run(_config(data, cpu_keep_freed_memory=False), workdir=tmp_path / "off")
+    _assert_same_artifact(tmp_path / "off", tmp_path / "on")
+    shards = tmp_path / "off/pseudo_labels/shards"
+    assert not list(shards.glob("*.grids.h5"))
+    for shard in shards.glob("*.h5"):
+        with h5py.File(shard, "r") as handle:
+            assert isinstance(handle.get("features", getlink=True), h5py.HardLink)

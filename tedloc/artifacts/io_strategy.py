@@ -20,6 +20,10 @@ the same values.  When each applies:
   own thread while the encoder runs the next batch (one write in flight per file; the
   buffers come back through :class:`~tedloc.artifacts.buffer_pool.BufferPool`), and its
   fsync and rename in a committer thread.  Off: the encoder waits for every write.
+* ``link_grid_files``: when the final shards cache the grids, a staging file whose images are
+  all in one shard becomes that shard's grid file (renamed into ``shards/``; the shard links
+  to its grids), so the grids are written to disk once.  Off: the maps step reads the grids
+  back and writes them again into the shard.
 * ``keep_freed_memory``: forwards on a CPU, with glibc (the stages' ``cpu_keep_freed_memory``
   field): freed blocks up to 32 MB stay in the process for the next forward
   (:mod:`tedloc.artifacts.cpu_memory`).  Process-wide and lasting.
@@ -62,6 +66,7 @@ class IOStrategy:
     direct_io: bool = True
     drop_staged_pages: bool = True
     background_writes: bool = True
+    link_grid_files: bool = True
     keep_freed_memory: bool = True
 
     def with_config(self, config: Any) -> IOStrategy:

@@ -55,8 +55,9 @@ def maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enco
     shards, staging cleanup.
 
     A staging file whose images are all pending becomes the grid file of its own shard when
-    the shards cache the grids.  Otherwise (grids not cached, or a staging file partly done
-    by an older layout) its rows are copied into shards of ``shard_size``.
+    the shards cache the grids (and ``io.link_grid_files``).  Otherwise (grids not cached, or
+    a staging file partly done by an older layout) its rows are copied into shards of
+    ``shard_size``.
     """
     attrs = dataset_attrs(config, encoder, plan.method)
     janitor = _StagingJanitor(files, writer)
@@ -73,7 +74,7 @@ def maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enco
             rows = [row for row, image_id in enumerate(entry.ids) if image_id in pending]
             skipped = {k: v for k, v in entry.skipped.items() if k in pending}
             whole = len(rows) == len(entry.ids) and len(skipped) == len(entry.skipped)
-            promote = plan.has_features and whole and set(grids) <= set(entry.contents) and (
+            promote = io.link_grid_files and plan.has_features and whole and set(grids) <= set(entry.contents) and (
                 plan.has_flip or "features_flip" not in entry.contents)
             copied = grids if plan.has_features and not promote else []
             arrays: dict[str, np.ndarray] = {}
