@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -78,40 +79,51 @@ def child(args) -> dict:
         values["num_workers"] = 2
     workdir = Path(tempfile.mkdtemp(prefix="tedloc-bench-tricks-"))
     try:
+        cpu = _cpu_seconds()
         start = time.perf_counter()
         pseudo_labels.run(Config(**values), workdir=workdir)
         seconds = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"seconds": seconds}
+    return {"seconds": seconds, "cpu_seconds": cpu}
 
 
-def one_run(tree: Path, off: str, args) -> float:
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process's threads and of its ended children (the
+    diagnostic's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def one_run(tree: Path, off: str, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--off", off, "--dataset", args.dataset,
                "--split", args.split, "--limit", str(args.limit), "--encoder", args.encoder]
     done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"run failed ({tree}, off={off}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def compare(label: str, sides: list[tuple[str, Path, str]], args, *, measured: int = 0) -> None:
     """Interleaved runs of two sides (name, tree, switch off), in the order given: A, B, A,
     B, ...; per pair the saving of side ``measured`` against the other (1 - its time / the
     other's)."""
-    times: dict[str, list[float]] = {name: [] for name, _, _ in sides}
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
     for pair in range(args.pairs):
         for name, tree, off in sides:
-            seconds = one_run(tree, off, args)
-            times[name].append(seconds)
-            print(f"{label}: pair {pair + 1} {name}: {seconds:.2f} s", flush=True)
+            run = one_run(tree, off, args)
+            runs[name].append(run)
+            print(f"{label}: pair {pair + 1} {name}: {run['seconds']:.2f} s wall, {run['cpu_seconds']:.2f} s CPU, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
     a, b = sides[measured][0], sides[1 - measured][0]
-    savings = [1 - ta / tb for ta, tb in zip(times[a], times[b], strict=True)]
-    print(f"{label}: {a} " + ", ".join(f"{t:.1f}" for t in times[a]) + f" s; {b} "
-          + ", ".join(f"{t:.1f}" for t in times[b]) + " s; saving of " + a + " per pair "
-          + ", ".join(f"{100 * s:+.1f}%" for s in savings) + f" (median {100 * statistics.median(savings):+.1f}%)",
-          flush=True)
+    for key, unit in (("seconds", "s wall"), ("cpu_seconds", "s CPU")):
+        savings = [1 - ra[key] / rb[key] for ra, rb in zip(runs[a], runs[b], strict=True)]
+        print(f"{label}: {a} " + ", ".join(f"{r[key]:.1f}" for r in runs[a]) + f" {unit}; {b} "
+              + ", ".join(f"{r[key]:.1f}" for r in runs[b]) + f" {unit}; saving of {a} per pair "
+              + ", ".join(f"{100 * s:+.1f}%" for s in savings)
+              + f" (median {100 * statistics.median(savings):+.1f}%)", flush=True)
 
 
 def main() -> int:
