@@ -29,7 +29,7 @@ How grids move between memory and disk, and what memory CPU forwards keep, is de
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from tedloc.stages.pseudo_labels_encode import encode, staging_files
 from tedloc.stages.pseudo_labels_maps import maps_from_staged, maps_two_pass
 from tedloc.stages.pseudo_labels_plan import (
     Plan,
+    Progress,
     make_header,
     plan_part,
     resolve_method,
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 
 
 def run(config: Config, *, workdir: Path, overwrite: bool = False,
-        on_progress: Callable[[str, int], None] | None = None) -> Path:
+        on_progress: Progress | None = None) -> Path:
     """Compute the pseudo-labels into ``<workdir>/pseudo_labels/``; return the manifest path
     (or, for a process whose part is done while others are still running, the directory).
 

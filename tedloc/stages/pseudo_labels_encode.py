@@ -38,16 +38,13 @@ from tedloc.pipeline.progress import progress
 from tedloc.stages.pseudo_labels_plan import (
     STAGED_ALWAYS,
     Plan,
+    Progress,
     dataset_attrs,
     feature_compression,
     image_loader,
 )
 
 log = logging.getLogger(__name__)
-
-#: ``on_progress(step, images done in this run)``.
-Progress = Callable[[str, int], None]
-
 
 def staging_files(directory: Path, header: ArtifactHeader, writer: ShardedWriter, plan: Plan,
                   pending: set[str], *, overwrite: bool) -> tuple[list[EncodedFile], list[EncodedFile]]:

@@ -40,13 +40,15 @@ from tedloc.pipeline.grid_cams import CAM_CHUNK, cam_from_grid
 from tedloc.pipeline.image_encoders import ImageEncoder
 from tedloc.pipeline.progress import progress
 from tedloc.stages.pseudo_labels_diagnostic import DiagnosticScoring
-from tedloc.stages.pseudo_labels_plan import Plan, dataset_attrs, feature_compression, image_loader
+from tedloc.stages.pseudo_labels_plan import (
+    Plan,
+    Progress,
+    dataset_attrs,
+    feature_compression,
+    image_loader,
+)
 
 log = logging.getLogger(__name__)
-
-#: ``on_progress(step, images done in this run)``.
-Progress = Callable[[str, int], None]
-
 
 def maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[EncodedFile], pending: set[str],
                      writer: ShardedWriter, *, plan: Plan, weight: np.ndarray, io: IOStrategy,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tedloc.artifacts.pseudo_labels import FORMAT, FORMAT_VERSION
@@ -21,6 +21,8 @@ from tedloc.pipeline.image_loader import ImageLoader, make_image_loader, resolve
 
 log = logging.getLogger(__name__)
 
+#: ``on_progress(step, images of that step done in this run)`` (see ``pseudo_labels.run``).
+Progress = Callable[[str, int], None]
 #: What step 1 stages for every image; the grids are staged besides when the plan says so.
 STAGED_ALWAYS = ("label", "image_size", "pooled")
 
