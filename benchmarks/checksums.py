@@ -74,7 +74,7 @@ def main() -> int:
     from tedloc.artifacts.checkpoint import save_checkpoint
     from tedloc.artifacts.direct_io import aligned_rows
     from tedloc.artifacts.integrity import USERBLOCK, file_problem, seal_file
-    from tedloc.artifacts.pseudo_labels import EncodedFileWriter
+    from tedloc.artifacts.staging_writer import EncodedFileWriter
     from tedloc.artifacts.store import ArtifactHeader
 
     folder = Path(args.folder or tempfile.mkdtemp(prefix="tedloc-bench-checksums-"))

@@ -74,18 +74,17 @@ def bare_forward_images_per_s(image_ids_split: str, *, encoder_spec: str, batch_
     resolves it, mirror images only ``with_flip``)."""
     import torch
 
-    from tedloc.configs.pseudo_labels import Config
+    from tedloc.artifacts.cpu_memory import keep_freed_memory
     from tedloc.data.open import open_dataset
-    from tedloc.pipeline.cpu_memory import keep_freed_memory
+    from tedloc.pipeline.forwards import encode_batch, resolve_forward_batch
     from tedloc.pipeline.image_encoders import build_image_encoder, resize_batch
-    from tedloc.stages.pseudo_labels import encode_batch, resolve_forward_batch
 
     torch.set_num_threads(os.cpu_count() or 1)
     keep_freed_memory()  # as the stages do on a CPU (their cpu_keep_freed_memory default)
     dataset = open_dataset("demo", image_ids_split)
     records = dataset.head(limit)
     encoder = build_image_encoder(encoder_spec)
-    forward_batch = resolve_forward_batch(Config(forward_batch_size=forward_batch_size), encoder)
+    forward_batch = resolve_forward_batch(forward_batch_size, encoder.device)
     pixels = torch.from_numpy(resize_batch([dataset.load_image(r) for r in records], encoder.input_size))
     encode_batch(encoder, pixels[:batch_size], with_flip=with_flip, forward_batch=forward_batch)  # warm-up
     start = time.perf_counter()

@@ -105,9 +105,10 @@ def one_run(args) -> dict:
     """Bare forward, stage, bare forward again, on the first ``args.one`` images, in this process."""
     import torch
 
+    from tedloc.artifacts.cpu_memory import keep_freed_memory
     from tedloc.configs.pseudo_labels import Config
     from tedloc.data.open import open_dataset
-    from tedloc.pipeline.cpu_memory import keep_freed_memory
+    from tedloc.pipeline.forwards import encode_batch, resolve_forward_batch
     from tedloc.pipeline.image_encoders import build_image_encoder, resize_batch, resolve_device
     from tedloc.stages import pseudo_labels
 
@@ -128,7 +129,7 @@ def one_run(args) -> dict:
                     feature_compression=args.feature_compression,
                     forward_batch_size=args.forward_batch_size, diagnostic=not args.no_diagnostic,
                     cpu_keep_freed_memory=not args.no_keep_freed_memory)
-    forward_batch = pseudo_labels.resolve_forward_batch(config, encoder)
+    forward_batch = resolve_forward_batch(config.forward_batch_size, encoder.device)
     if device.type == "cpu" and config.cpu_keep_freed_memory:
         keep_freed_memory()  # the stage's malloc setting, for the bare passes too (process-wide)
 
@@ -158,7 +159,7 @@ def one_run(args) -> dict:
         return seconds
 
     # Warm-up (kernel selection) on the batch shape both runs use, before either is timed.
-    pseudo_labels.encode_batch(encoder, torch.from_numpy(decoded(0)), with_flip=flip, forward_batch=forward_batch)
+    encode_batch(encoder, torch.from_numpy(decoded(0)), with_flip=flip, forward_batch=forward_batch)
     sync()
     # Bare passes and stage runs alternate (bare, stage, bare, stage, ..., bare); each stage
     # run is compared with the mean of the bare passes on either side of it, so that the

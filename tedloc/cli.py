@@ -198,8 +198,9 @@ def inspect_command(
                                 "list the damaged or missing ones (exit code 1 if any)."),
 ) -> None:
     """Describe artifacts: datasets, shapes, dtypes, attributes, config, progress."""
-    from tedloc.artifacts.inspect import describe, render_image
+    from tedloc.artifacts.inspect import describe
     from tedloc.artifacts.inspect import verify as verify_files
+    from tedloc.artifacts.inspect_image import render_image
 
     if verify:
         report = verify_files(path)

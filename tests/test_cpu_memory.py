@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from tedloc.pipeline.cpu_memory import keep_freed_memory
+from tedloc.artifacts.cpu_memory import keep_freed_memory
 
 # Allocates, frees and allocates again a 24 MB array; prints the page faults of the second.
 _SCRIPT = """
 import resource, sys
 import numpy as np
-from tedloc.pipeline.cpu_memory import keep_freed_memory
+from tedloc.artifacts.cpu_memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def faults():

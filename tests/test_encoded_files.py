@@ -8,7 +8,6 @@ import h5py
 import numpy as np
 import pytest
 
-from tedloc.artifacts import pseudo_labels as staging
 from tedloc.artifacts.direct_io import (
     ALIGN,
     DirectRows,
@@ -16,12 +15,9 @@ from tedloc.artifacts.direct_io import (
     open_direct_rows,
     row_chunk_offsets,
 )
-from tedloc.artifacts.pseudo_labels import (
-    EncodedFileWriter,
-    read_encoded,
-    read_encoded_chunks,
-    scan_encoded,
-)
+from tedloc.artifacts.io_strategy import GridRowWriter, IOStrategy
+from tedloc.artifacts.staging import read_encoded, read_encoded_chunks, scan_encoded
+from tedloc.artifacts.staging_writer import EncodedFileWriter
 from tedloc.artifacts.store import ArtifactHeader
 from tedloc.errors import ArtifactError
 
@@ -103,14 +99,13 @@ def test_chunks_of_staged_rows_equal_the_whole_read(tmp_path, monkeypatch, rows,
     whole = read_encoded(path, ["features"])["features"]
     if how == "direct" and not _direct_reads_work_here(path):
         pytest.skip("this file system does not take O_DIRECT reads")
-    if how == "h5py":
-        monkeypatch.setattr(staging, "open_direct_rows", lambda *args: None)
+    io = IOStrategy(direct_io=how != "h5py")
     if how == "direct refused":
         def refuse(self, start, stop, out):
             raise OSError(errno.EINVAL, "Invalid argument")
         monkeypatch.setattr(DirectRows, "read", refuse)
     got, starts, buffers = [], [], set()
-    for start, chunk in read_encoded_chunks(path, "features", rows, chunk=3):
+    for start, chunk in read_encoded_chunks(path, "features", rows, chunk=3, io=io):
         starts.append(start)
         got.append(chunk.copy())  # a view of a reused buffer: valid until the next chunk
         buffers.add(chunk.base.ctypes.data if chunk.base is not None else chunk.ctypes.data)
@@ -164,7 +159,7 @@ def test_background_grid_writes_give_the_same_file_and_wait_before_reuse(tmp_pat
     path = tmp_path / "part000of001-00000.h5"
     buffers = [{name: np.empty((3, 2, 3, 5), np.float16) for name in ("features", "features_flip")}
                for _ in range(2)]
-    with EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0, background=True) as writer:
+    with EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0) as writer:
         for k, (ids, arrays) in enumerate(batches):
             buffer = buffers[k % 2]
             for name in buffer:  # overwrites the buffer of batch k - 2, written by now
@@ -176,13 +171,13 @@ def test_background_grid_writes_give_the_same_file_and_wait_before_reuse(tmp_pat
 
 
 def test_a_failed_background_grid_write_is_raised_and_leaves_nothing(tmp_path, monkeypatch):
-    def failing(self, name, array):
+    def failing(self, name, array, attrs=None):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(EncodedFileWriter, "_append_grid", failing)
+    monkeypatch.setattr(GridRowWriter, "append", failing)
     path = tmp_path / "part000of001-00000.h5"
     with pytest.raises(OSError, match="No space left"):
-        with EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0, background=True) as writer:
+        with EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0) as writer:
             writer.append(*_batch(0, 2))  # fails in the writer's thread
             writer.append(*_batch(2, 2))  # waits for it: raises here
     assert list(tmp_path.iterdir()) == []
@@ -190,7 +185,7 @@ def test_a_failed_background_grid_write_is_raised_and_leaves_nothing(tmp_path, m
 
 def test_close_in_background_publishes_the_file_when_its_future_is_done(tmp_path):
     path = tmp_path / "part000of001-00000.h5"
-    writer = EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0, background=True)
+    writer = EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0)
     writer.append(*_batch(0, 2))
     entry = writer.close_in_background().result()
     assert path.exists() and entry.ids == ["img0", "img1"] and "features" in entry.contents
@@ -237,7 +232,7 @@ def test_grids_written_past_the_page_cache_read_back_equal(tmp_path, monkeypatch
     batches = [_big_batch(0, 4, aligned), _big_batch(4, 3), _big_batch(7, 0)]
     expected = np.concatenate([arrays["features"].copy() for _, arrays in batches])
     writer = EncodedFileWriter(path, HEADER, part=0, num_parts=1, seq=0, expected_grid_bytes=64 << 20)
-    direct = writer._direct
+    direct = writer._grids.direct
     if direct is None or (how == "direct" and direct._direct_fd < 0):
         writer.abort()
         pytest.skip("this file system does not take O_DIRECT writes")

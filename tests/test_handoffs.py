@@ -21,6 +21,7 @@ from tedloc.configs.evaluate import Config as EvaluateConfig
 from tedloc.configs.pseudo_labels import Config as PseudoConfig
 from tedloc.data.open import open_dataset
 from tedloc.pipeline import cam as cam_ops
+from tedloc.pipeline.grid_cams import cam_from_grid
 from tedloc.pipeline.image_encoders import build_image_encoder
 from tedloc.stages import evaluate
 from tedloc.stages import pseudo_labels as pseudo_stage
@@ -83,7 +84,7 @@ def test_pseudo_label_rows_belong_to_their_image_under_slow_handoffs(tmp_path, m
     for image_id in ids:
         grid = torch.from_numpy(np.asarray(stored["features"][image_id])[None])
         label = torch.as_tensor([int(stored["label"][image_id])])
-        cam = pseudo_stage.cam_from_grid(grid, weight, label).numpy()
+        cam = cam_from_grid(grid, weight, label).numpy()
         np.testing.assert_array_equal(stored["cam"][image_id], cam[0].astype(np.float16),
                                       err_msg=f"CAM of {image_id}")
         box = cam_ops.pseudo_boxes_of_grid_maps(cam.astype(np.float16), INPUT_SIZE, config.box_threshold)

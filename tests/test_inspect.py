@@ -7,7 +7,8 @@ import h5py
 import numpy as np
 from typer.testing import CliRunner
 
-from tedloc.artifacts.inspect import describe, render_image
+from tedloc.artifacts.inspect import describe
+from tedloc.artifacts.inspect_image import render_image
 from tedloc.artifacts.store import ArtifactHeader, ShardedWriter
 from tedloc.cli import app
 

@@ -248,15 +248,12 @@ def test_pseudo_labels_resume_redoes_a_damaged_staging_file(reference, tmp_path)
     workdir = copy_of(reference, tmp_path, without=("pseudo_labels", "train", "evaluate"))
     config = Config.from_dict(json.loads((reference["workdir"] / "pseudo_labels/manifest.json").read_text())["config"])
 
-    def stop(done: int) -> None:
-        raise KeyboardInterrupt
+    def stop(step: str, done: int) -> None:
+        if step == "encode":
+            raise KeyboardInterrupt
 
-    stage.AFTER_ENCODE_HOOK = stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            stage.run(config, workdir=workdir)
-    finally:
-        stage.AFTER_ENCODE_HOOK = None
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(config, workdir=workdir, on_progress=stop)
     staged = sorted((workdir / "pseudo_labels/encoded").glob("*.h5"))
     assert len(staged) == 1
     zero(staged[0])

@@ -28,7 +28,7 @@ def test_four_stages_with_an_open_clip_encoder(tmp_path, kind):
          "--clip-es-attention-layers", "2", *common],
         ["train", "--epochs", "1", "--batch-size", "4", "--width", "16", "--depth", "1", "--patch-hidden", "8",
          "--num-workers", "0", "--no-progress", *common],
-        ["evaluate", "--num-workers", "0", "--batch-size", "4", "--num-overlays", "0", *common],
+        ["evaluate", "--num-workers", "0", "--batch-size", "4", "--num-overlays", "0", "--name", "tiny", *common],
     ]
     for step in steps:
         result = invoke("--workdir", workdir, "stage", *step)
@@ -47,7 +47,7 @@ def test_four_stages_with_an_open_clip_encoder(tmp_path, kind):
         assert batch.shape[1:] == (8, 8) and batch.min() >= 0 and batch.max() <= 1
     anchors = json.loads((workdir / "text_embed" / "manifest.json").read_text())
     assert anchors["config"]["text_encoder"] == spec
-    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    results = json.loads((workdir / "evaluate" / "tiny" / "results.json").read_text())
     overall = results["methods"]["tedloc"]["overall"]
     assert results["num_images"] == 4 and 0 <= overall["max_box_acc_v2"] <= 100
     assert math.isfinite(overall["max_box_acc_v2"]) and overall["num_images_with_boxes"] == 4

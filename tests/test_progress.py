@@ -71,3 +71,23 @@ def test_evaluate_through_the_cli_logs_lines_not_bars(tmp_path):
     assert "\r" not in result.output and "|█" not in result.output
     maps = [line for line in result.output.splitlines() if "tedloc.progress: evaluate: maps: " in line]
     assert 5 <= len(maps) <= 11 and "20/20 img (100%)" in maps[-1]
+
+
+def test_slow_items_read_as_seconds_per_item(caplog):
+    """Under a second per item the rate reads ``img/s``; slower, ``s/batch`` (not 0.00641 batch/s)."""
+    now = [0.0]
+    with caplog.at_level(logging.INFO, logger="tedloc.progress"):
+        slow = LogProgress(total=4, desc="encode", unit="batch", clock=lambda: now[0])
+        for _ in range(4):
+            now[0] += 150.0
+            slow.update(1)
+        slow.close()
+        now[0] = 0.0
+        fast = LogProgress(total=10, desc="maps", unit="img", clock=lambda: now[0])
+        now[0] = 0.5
+        fast.update(10)
+        fast.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "encode: 1/4 batch (25%), 150 s/batch, 450 s left", lines
+    assert lines[-2] == "encode: 4/4 batch (100%), 150 s/batch, took 600.0 s", lines
+    assert lines[-1] == "maps: 10/10 img (100%), 20 img/s, took 0.5 s", lines

@@ -13,6 +13,8 @@ import pytest
 from tedloc.artifacts.pseudo_labels import CLASSIFIER_FILE, open_pseudo_labels, read_classifier
 from tedloc.configs.pseudo_labels import Config
 from tedloc.errors import ConfigMismatchError
+from tedloc.pipeline import forwards, grid_cams
+from tedloc.pipeline.box_diagnostic import diagnostic_sample
 from tedloc.stages import pseudo_labels as stage
 from tests.helpers_data import make_wsol_tree, save_tiny_clip
 
@@ -56,16 +58,12 @@ def test_artifact_contents(data, tmp_path):
         clf = art.classifier()
         assert clf.weight.shape == (2, 32) and clf.bias.shape == (2,)
     # rerun: up to date, nothing recomputed
-    stage.AFTER_BATCH_HOOK = _fail_hook
-    try:
-        assert stage.run(_config(data), workdir=tmp_path / "w") == manifest_path
-    finally:
-        stage.AFTER_BATCH_HOOK = None
+    assert stage.run(_config(data), workdir=tmp_path / "w", on_progress=_fail_hook) == manifest_path
     with pytest.raises(ConfigMismatchError):  # another box threshold than the default's
         stage.run(_config(data, box_threshold=0.45), workdir=tmp_path / "w")
 
 
-def _fail_hook(done: int) -> None:
+def _fail_hook(step: str, done: int) -> None:
     raise AssertionError("nothing should be computed")
 
 
@@ -73,41 +71,34 @@ class _Interrupt(Exception):
     pass
 
 
-def _run_interrupted(config: Config, workdir: Path, *, hook: str, after: int) -> None:
-    """Run the stage, interrupted by ``stage.<hook>`` once ``after`` images are done."""
+def _run_interrupted(config: Config, workdir: Path, *, step: str, after: int) -> None:
+    """Run the stage, interrupted once ``after`` images of ``step`` (encode, maps) are done."""
 
-    def interrupt(done: int) -> None:
-        if done >= after:
+    def interrupt(at: str, done: int) -> None:
+        if at == step and done >= after:
             raise _Interrupt
 
-    setattr(stage, hook, interrupt)
-    try:
-        with pytest.raises(_Interrupt):
-            stage.run(config, workdir=workdir)
-    finally:
-        setattr(stage, hook, None)
+    with pytest.raises(_Interrupt):
+        stage.run(config, workdir=workdir, on_progress=interrupt)
 
 
 def test_resume_computes_only_the_rest(data, tmp_path):
     reference = stage.run(_config(data), workdir=tmp_path / "ref")
     counts: list[int] = []
 
-    def interrupt_after_12(done: int) -> None:
-        counts.append(done)
-        if done >= 12:
-            raise _Interrupt
+    def interrupt_after_12(step: str, done: int) -> None:
+        if step == "maps":
+            counts.append(done)
+            if done >= 12:
+                raise _Interrupt
 
-    stage.AFTER_BATCH_HOOK = interrupt_after_12
-    try:
-        with pytest.raises(_Interrupt):
-            stage.run(_config(data), workdir=tmp_path / "w")
-        classifier_before = (tmp_path / "w/pseudo_labels" / CLASSIFIER_FILE).read_bytes()
-        assert not (tmp_path / "w/pseudo_labels/manifest.json").exists()
-        counts.clear()
-        stage.AFTER_BATCH_HOOK = counts.append
-        stage.run(_config(data), workdir=tmp_path / "w")
-    finally:
-        stage.AFTER_BATCH_HOOK = None
+    with pytest.raises(_Interrupt):
+        stage.run(_config(data), workdir=tmp_path / "w", on_progress=interrupt_after_12)
+    classifier_before = (tmp_path / "w/pseudo_labels" / CLASSIFIER_FILE).read_bytes()
+    assert not (tmp_path / "w/pseudo_labels/manifest.json").exists()
+    counts.clear()
+    stage.run(_config(data), workdir=tmp_path / "w",
+              on_progress=lambda step, done: counts.append(done) if step == "maps" else None)
     # shards of 8 images (one per staging file of shard_size images): the interruption came
     # after the second, so 16 images survived and only the other 4 were computed
     assert counts[-1] == 4
@@ -166,7 +157,7 @@ def test_clip_es_stage_on_tiny_clip(data, tmp_path):
 
 
 def test_inspect_renders_a_map_overlay(data, tmp_path):
-    inspect = pytest.importorskip("tedloc.artifacts.inspect")
+    inspect = pytest.importorskip("tedloc.artifacts.inspect_image")
     stage.run(_config(data, limit=4), workdir=tmp_path / "w")
     out = inspect.render_image(tmp_path / "w/pseudo_labels", "images/train/0001.png", tmp_path / "o.png")
     import cv2
@@ -235,11 +226,11 @@ def test_grids_rounded_into_reused_buffers_equal_the_returned_grids():
 
     encoder = build_image_encoder("tiny-cnn", input_size=32, device=torch.device("cpu"))
     pixels = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    pooled, grid, flip = stage.encode_batch(encoder, pixels, with_flip=True, forward_batch=2)
+    pooled, grid, flip = forwards.encode_batch(encoder, pixels, with_flip=True, forward_batch=2)
     h, w = encoder.grid
     grid_out = np.full((7, h, w, encoder.feature_dim), np.nan, np.float16)  # more rows than the batch
     flip_out = grid_out.copy()
-    pooled_b, grid_b, flip_b = stage.encode_batch(encoder, pixels, with_flip=True, forward_batch=2,
+    pooled_b, grid_b, flip_b = forwards.encode_batch(encoder, pixels, with_flip=True, forward_batch=2,
                                                   grid_out=grid_out, flip_out=flip_out)
     assert grid_b.dtype == torch.float16 and grid_b.shape == (5, h, w, encoder.feature_dim)
     assert np.shares_memory(grid_b.numpy(), grid_out) and np.shares_memory(flip_b.numpy(), flip_out)
@@ -247,7 +238,7 @@ def test_grids_rounded_into_reused_buffers_equal_the_returned_grids():
     assert torch.equal(grid_b, grid.to(torch.float16)) and torch.equal(flip_b, flip.to(torch.float16))
     assert np.isnan(grid_out[5:].astype(np.float32)).all()  # rows past the batch untouched
     with pytest.raises(ValueError, match="flip_out"):
-        stage.encode_batch(encoder, pixels, with_flip=True, grid_out=grid_out)
+        forwards.encode_batch(encoder, pixels, with_flip=True, grid_out=grid_out)
 
 
 def test_cams_one_by_one_equal_the_chunked_cams_of_the_rounded_grid():
@@ -261,13 +252,13 @@ def test_cams_one_by_one_equal_the_chunked_cams_of_the_rounded_grid():
     labels = torch.randint(0, 5, (37,), generator=generator)
     rounded = grid.to(torch.float16).float()
     reference = cam_ops.class_activation_maps(rounded, weight, labels)
-    for cams in (stage._cams_one_by_one, stage._cams_in_chunks):
+    for cams in (grid_cams._cams_one_by_one, grid_cams._cams_in_chunks):
         for given in (grid, grid.to(torch.float16)):  # a fresh float32 grid, or a staged float16 one
             torch.testing.assert_close(cams(given, weight, labels), reference, rtol=1e-5, atol=1e-5)
-    maps = stage.cam_from_grid(grid, weight, labels)
+    maps = grid_cams.cam_from_grid(grid, weight, labels)
     torch.testing.assert_close(maps, cam_ops.minmax_normalize(reference), rtol=1e-5, atol=1e-5)
-    assert stage.cam_from_grid(grid[:0], weight, labels[:0]).shape == (0, 3, 4)
-    assert stage._cams_in_chunks(grid[:0], weight, labels[:0]).shape == (0, 3, 4)
+    assert grid_cams.cam_from_grid(grid[:0], weight, labels[:0]).shape == (0, 3, 4)
+    assert grid_cams._cams_in_chunks(grid[:0], weight, labels[:0]).shape == (0, 3, 4)
 
 
 def test_two_pass_fallback_over_budget(data, tmp_path, forward_calls):
@@ -297,7 +288,7 @@ def test_resume_after_interruption_while_encoding(data, tmp_path, forward_calls)
     classifier_ref = read_classifier(reference)
 
     # after the first staging file (shard_size = 8 images)
-    _run_interrupted(_config(data), tmp_path / "w", hook="AFTER_ENCODE_HOOK", after=8)
+    _run_interrupted(_config(data), tmp_path / "w", step="encode", after=8)
     staged = sorted(p.name for p in (tmp_path / "w/pseudo_labels/encoded").glob("*.h5"))
     assert staged == ["part000of001-00000.h5"]
     assert not (tmp_path / "w/pseudo_labels" / CLASSIFIER_FILE).exists()
@@ -312,7 +303,7 @@ def test_resume_after_interruption_while_encoding(data, tmp_path, forward_calls)
 def test_resume_after_interruption_while_writing_maps(data, tmp_path, forward_calls):
     reference = stage.run(_config(data), workdir=tmp_path / "ref").parent.parent
 
-    _run_interrupted(_config(data), tmp_path / "w", hook="AFTER_BATCH_HOOK", after=12)
+    _run_interrupted(_config(data), tmp_path / "w", step="maps", after=12)
     # staging files of 8 images each became a shard and its grid file (moved, not copied)
     # until the interruption after the second: the third (4 images) is still staged
     folder = tmp_path / "w/pseudo_labels"
@@ -400,8 +391,8 @@ def test_feature_compression_changes_storage_not_values(data, tmp_path):
 
 
 def test_diagnostic_scores_an_even_sample_when_capped(data, tmp_path):
-    assert stage.diagnostic_sample(list("abcdefghij"), 4) == list("adgj")
-    assert stage.diagnostic_sample(list("abc"), 0) == list("abc")
+    assert diagnostic_sample(list("abcdefghij"), 4) == list("adgj")
+    assert diagnostic_sample(list("abc"), 0) == list("abc")
     full = json.loads(stage.run(_config(data), workdir=tmp_path / "all").read_text())["diagnostic"]
     capped = json.loads(stage.run(_config(data, diagnostic_images=5),
                                   workdir=tmp_path / "five").read_text())["diagnostic"]
@@ -439,6 +430,26 @@ def test_diagnostic_of_a_resumed_run_equals_an_uninterrupted_one(data, tmp_path)
     """Maps of the first run are scored from the shards, those of the second as made."""
     reference = json.loads(stage.run(_config(data), workdir=tmp_path / "ref").read_text())["diagnostic"]
 
-    _run_interrupted(_config(data), tmp_path / "w", hook="AFTER_BATCH_HOOK", after=8)
+    _run_interrupted(_config(data), tmp_path / "w", step="maps", after=8)
     resumed = json.loads(stage.run(_config(data), workdir=tmp_path / "w").read_text())["diagnostic"]
     assert resumed == reference
+
+
+def test_disk_and_memory_strategies_change_speed_not_values(data, tmp_path, monkeypatch):
+    """Every switch of IOStrategy off (plain h5py, no page-cache drop, writes in the encoder's
+    thread, grids copied into the shards, malloc left alone): the same values, the grids
+    stored in the shards themselves."""
+    import dataclasses
+
+    from tedloc.artifacts import io_strategy
+
+    stage.run(_config(data), workdir=tmp_path / "on")
+    plain = io_strategy.IOStrategy(**{f.name: False for f in dataclasses.fields(io_strategy.IOStrategy)})
+    monkeypatch.setattr(io_strategy, "DEFAULT", plain)
+    stage.run(_config(data, cpu_keep_freed_memory=False), workdir=tmp_path / "off")
+    _assert_same_artifact(tmp_path / "off", tmp_path / "on")
+    shards = tmp_path / "off/pseudo_labels/shards"
+    assert not list(shards.glob("*.grids.h5"))
+    for shard in shards.glob("*.h5"):
+        with h5py.File(shard, "r") as handle:
+            assert isinstance(handle.get("features", getlink=True), h5py.HardLink)

@@ -54,16 +54,16 @@ def test_training_lowers_the_loss_and_g_separates_fg_from_bg(tmp_path):
 
 
 def test_fg_region_draws_foreground_inside_the_pseudo_box_region(tmp_path, monkeypatch):
-    from tedloc.pipeline import sampling
+    from tedloc.stages import train_epoch
 
     levels = []
-    original = sampling.sample_patches
+    original = train_epoch.sample_patches
 
     def spy(cam, **kwargs):
         levels.append((kwargs["fg_level"], kwargs["bg_level"]))
         return original(cam, **kwargs)
 
-    monkeypatch.setattr(sampling, "sample_patches", spy)
+    monkeypatch.setattr(train_epoch, "sample_patches", spy)
     wd = _workdir(tmp_path, num_images=16, box_threshold=0.6)
     train.run(Config(epochs=1, bg_level=0.3, **FAST), workdir=wd)
     assert levels and set(levels) == {(0.6, 0.3)}  # fg_region (default): the manifest's box_threshold

@@ -202,15 +202,15 @@ STAGE_SCRIPT = r"""
     from tedloc.pipeline.metrics import threshold_grid
     from tedloc.stages import pseudo_labels as stage
 
-    def hold(done):
+    def hold(step, done):
         # In the maps step: the diagnostic's workers are scoring the first maps.
-        print("maps", flush=True)
-        threading.Event().wait()
+        if step == "maps":
+            print("maps", flush=True)
+            threading.Event().wait()
 
     if __name__ == "__main__":
         torch.set_num_threads(1)
-        stage.AFTER_BATCH_HOOK = hold
-        stage.run(Config(**__import__("json").loads(sys.argv[2])), workdir=Path(sys.argv[1]))
+        stage.run(Config(**__import__("json").loads(sys.argv[2])), workdir=Path(sys.argv[1]), on_progress=hold)
 """
 
 

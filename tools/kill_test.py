@@ -45,8 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
+from artifact_compare import artifacts_equal
 
 STAGES = ("text-embed", "pseudo-labels", "train", "evaluate")
 # Evaluate writes one folder per evaluation name; the demo data's test split is demo-test.
@@ -190,73 +189,6 @@ def partial_results(stage_dir: Path) -> bool:
         return False
     return any(p.is_file() and not p.name.startswith(".lock") and not p.name.endswith(".tmp")
                for p in stage_dir.rglob("*"))
-
-
-def _h5_datasets(path: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                          if isinstance(obj, h5py.Dataset) else None)
-        for name in handle:  # external links (a shard's grids in its grid file): not visited above
-            if isinstance(handle.get(name, getlink=True), h5py.ExternalLink):
-                out[name] = handle[name][()]
-    return out
-
-
-def _sharded_rows(stage_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    """{dataset: {image id: row}} over all shards listed in the manifest."""
-    manifest = json.loads((stage_dir / "manifest.json").read_text())
-    rows: dict[str, dict[str, np.ndarray]] = {}
-    for rel in manifest["files"]:
-        for name, array in _h5_datasets(stage_dir / rel).items():
-            if name == "image_ids":
-                continue
-            ids = [i.decode() if isinstance(i, bytes) else i for i in _h5_datasets(stage_dir / rel)["image_ids"]]
-            rows.setdefault(name, {}).update(zip(ids, array, strict=True))
-    return rows
-
-
-def _equal(a: np.ndarray, b: np.ndarray) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
-        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
-    return a.shape == b.shape and bool(np.all(a == b))
-
-
-def artifacts_equal(stage: str, got: Path, ref: Path) -> tuple[bool, str]:
-    """Compare a rerun stage directory with the reference one."""
-    if (ref / "shards").is_dir():
-        rows_got, rows_ref = _sharded_rows(got), _sharded_rows(ref)
-        if rows_got.keys() != rows_ref.keys():
-            return False, f"datasets differ: {sorted(rows_got)} vs {sorted(rows_ref)}"
-        for name in rows_ref:
-            if rows_got[name].keys() != rows_ref[name].keys():
-                return False, f"{name}: image ids differ"
-            for image_id, row in rows_ref[name].items():
-                if not _equal(rows_got[name][image_id], row):
-                    return False, f"{name}[{image_id}] differs"
-    for path in sorted(ref.glob("*.h5")):
-        a, b = _h5_datasets(got / path.name), _h5_datasets(path)
-        if a.keys() != b.keys() or not all(_equal(a[k], b[k]) for k in b):
-            return False, f"{path.name} differs"
-    if stage == "train":
-        import torch
-
-        from tedloc.artifacts.checkpoint import load_checkpoint
-
-        a = load_checkpoint(got / "model.pt")
-        b = load_checkpoint(ref / "model.pt")
-        for key, value in b["head_state"].items():
-            if not torch.equal(a["head_state"][key], value):
-                return False, f"model.pt weight {key} differs"
-        if a.get("threshold") != b.get("threshold"):
-            return False, "stored threshold differs"
-    if stage == "evaluate":
-        a = json.loads((got / "results.json").read_text())
-        b = json.loads((ref / "results.json").read_text())
-        if a.get("methods") != b.get("methods"):
-            return False, "results.json metrics differ"
-    return True, ""
 
 
 def main() -> int:

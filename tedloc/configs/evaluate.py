@@ -116,7 +116,7 @@ class Config(StageConfig):
     batch_size: int = option(32, "Images per forward pass.")
     num_workers: int = option(2, "Image-decoding worker processes (0 = in the main process).")
     # glibc's malloc otherwise unmaps freed activations and faults them in again on the next
-    # forward; process-wide, see tedloc/pipeline/cpu_memory.py.
+    # forward; process-wide, see tedloc/artifacts/cpu_memory.py.
     cpu_keep_freed_memory: bool = option(True, "On a CPU, keep freed memory in the process for the next forward.")
     shard_size: int = option(256, "Images per result shard (the unit of resume).")
     # cpu | cuda | cuda:N | auto

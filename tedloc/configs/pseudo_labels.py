@@ -108,7 +108,7 @@ class Config(StageConfig):
     forward_batch_size: int = option(0, "Images per encoder forward (0 = auto: 2 on CPU, batch_size on GPU).")
     # glibc's malloc otherwise unmaps a forward's activations when freed and faults them in
     # again on the next forward (half of Lite0's CPU time); process-wide, see
-    # tedloc/pipeline/cpu_memory.py.
+    # tedloc/artifacts/cpu_memory.py.
     cpu_keep_freed_memory: bool = option(True, "On a CPU, keep freed memory in the process for the next forward.")
     # auto: none on a CPU (each batch is decoded between forwards, in threads: worker
     # processes decoding beside a CPU forward slowed it by ~20% on 2 cores), 8 (at most one

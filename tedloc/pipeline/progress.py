@@ -111,6 +111,13 @@ class LogProgress:
             if self.n:
                 self._emit(self.clock())
 
+    def _speed(self, rate: float) -> str:
+        """``3.1 img/s``, or ``156 s/batch`` when an item takes more than a second (a rate
+        like ``0.00641 batch/s`` is hard to read)."""
+        if 0 < rate < 1:
+            return f"{1 / rate:.3g} s/{self.unit}"
+        return f"{rate:.3g} {self.unit}/s"
+
     def _emit(self, now: float) -> None:
         self._last_time = now
         elapsed = max(now - self.started, 1e-9)
@@ -118,9 +125,9 @@ class LogProgress:
         if self.total:
             left = (self.total - self.n) / rate if rate > 0 else float("inf")
             count = f"{self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%)"
-            timing = f"{rate:.3g} {self.unit}/s, " + (f"{left:.0f} s left" if self.n < self.total
-                                                      else f"took {elapsed:.1f} s")
+            timing = f"{self._speed(rate)}, " + (f"{left:.0f} s left" if self.n < self.total
+                                                 else f"took {elapsed:.1f} s")
         else:
-            count, timing = f"{self.n} {self.unit}", f"{rate:.3g} {self.unit}/s, {elapsed:.0f} s"
+            count, timing = f"{self.n} {self.unit}", f"{self._speed(rate)}, {elapsed:.0f} s"
         extra = f", {self.postfix}" if self.postfix else ""
         self.logger.info("%s: %s, %s%s", self.desc or "progress", count, timing, extra)

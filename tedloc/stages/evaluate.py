@@ -18,7 +18,6 @@ model or dataset is never mixed with old maps.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from tedloc.artifacts import evaluate as files
+from tedloc.artifacts import pseudo_labels as pseudo_files
+from tedloc.artifacts import train as train_files
 from tedloc.artifacts.atomic import TMP_SUFFIX
 from tedloc.artifacts.evaluations import default_name, evaluation_dir
 from tedloc.artifacts.store import (
@@ -38,20 +39,17 @@ from tedloc.artifacts.store import (
 )
 from tedloc.config import hash_json
 from tedloc.configs.evaluate import Config
-from tedloc.data.records import Dataset, Record
+from tedloc.data.records import Record
 from tedloc.data.source import DatasetSource
 from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError, InputError
 from tedloc.paths import absolute_dataset_spec, absolute_spec
-from tedloc.pipeline import metrics
-from tedloc.stages.evaluate_baseline import load_baseline
 from tedloc.stages.evaluate_classes import scored_classes
 from tedloc.stages.evaluate_html import INDEX_HTML
+from tedloc.stages.evaluate_maps import compute_maps
 from tedloc.stages.evaluate_report import ReportInputs, compute_report
 
 log = logging.getLogger(__name__)
 
-TRAIN_FORMAT = "tedloc.train"
-PSEUDO_FORMAT = "tedloc.pseudo_labels"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -68,13 +66,13 @@ def dataset_content_hash(class_names: Sequence[str], records: Sequence[Record]) 
 
 
 def _train_identity(workdir: Path) -> tuple[dict[str, Any], str]:
-    manifest = read_manifest(workdir / "train", TRAIN_FORMAT)
+    manifest = read_manifest(workdir / train_files.STAGE_DIR, train_files.FORMAT)
     return manifest, f"{manifest.get('config_hash')}/{manifest.get('upstream_hash')}"
 
 
 def _pseudo_manifest(workdir: Path) -> dict[str, Any] | None:
     try:
-        return read_manifest(workdir / "pseudo_labels", PSEUDO_FORMAT)
+        return read_manifest(workdir / pseudo_files.STAGE_DIR, pseudo_files.FORMAT)
     except ArtifactError:
         return None
 
@@ -84,7 +82,7 @@ def resolve_source(config: Config, workdir: Path) -> DatasetSource:
     were made from (with its metadata folder and class-names file)."""
     if config.dataset:
         return DatasetSource.of(config)
-    where = workdir / "pseudo_labels" / "manifest.json"
+    where = workdir / pseudo_files.STAGE_DIR / MANIFEST
     source = DatasetSource.recorded(_pseudo_manifest(workdir) or {}, where)
     if source is None:
         raise ConfigError(f"evaluate: no --dataset given and none recorded in {where}")
@@ -110,113 +108,6 @@ def baseline_threshold_of(config: Config, pseudo_manifest: dict[str, Any] | None
     return 0.5
 
 
-# ----------------------------------------------------------------------------- phase 1: maps
-
-def _compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: Sequence[Record],
-                  writer: ShardedWriter, checkpoint_path: Path) -> None:
-    """Phase 1: run the model (and the baseline) on ``records``; write shards of maps."""
-    import torch
-
-    from tedloc.pipeline.cpu_memory import keep_freed_memory
-    from tedloc.pipeline.image_encoders import resolve_device
-    from tedloc.pipeline.image_loader import make_image_loader
-    from tedloc.pipeline.localizer import Localizer
-    from tedloc.pipeline.progress import progress
-
-    device = resolve_device(config.device)
-    if device.type == "cpu" and config.cpu_keep_freed_memory:
-        keep_freed_memory()
-    localizer = Localizer.from_checkpoint(checkpoint_path, device)
-    encoder = localizer.encoder
-    num_classes = len(localizer.class_names)
-    # The CAM baseline maps the GT class among the model's: not defined for other classes.
-    loaded = (load_baseline(workdir, _pseudo_manifest(workdir), encoder, list(localizer.class_names), device)
-              if config.baseline and not config.class_agnostic else None)
-    baseline, cam_encoder = loaded if loaded is not None else (None, None)
-    size = config.eval_size
-    loader = make_image_loader(dataset, records, input_size=encoder.input_size, batch_size=config.batch_size,
-                               num_workers=config.num_workers, on_bad_image=config.on_bad_image)
-    buffer: dict[str, list] = {k: [] for k in ("ids", "map", "cam_map", "class_logits",
-                                               "cam_class_logits", "label", "image_size")}
-    skipped: dict[str, str] = {}
-
-    def flush() -> None:
-        if not buffer["ids"] and not skipped:
-            return
-        arrays = {
-            "map": np.asarray(buffer["map"], np.float16).reshape(-1, size, size),
-            "class_logits": np.asarray(buffer["class_logits"], np.float32).reshape(-1, num_classes),
-            "label": np.asarray(buffer["label"], np.int64),
-            "image_size": np.asarray(buffer["image_size"], np.int32).reshape(-1, 2),
-        }
-        if baseline is not None:
-            arrays["cam_map"] = np.asarray(buffer["cam_map"], np.float16).reshape(-1, size, size)
-            arrays["cam_class_logits"] = np.asarray(buffer["cam_class_logits"], np.float32).reshape(-1, num_classes)
-        writer.write_shard(
-            list(buffer["ids"]), arrays, skipped=dict(skipped),
-            dataset_attrs={"map": {"size": size, "range": "[0, 1]", "normalized": config.normalize_maps},
-                           "image_size": {"order": "width,height"}},
-            attrs={"class_names_json": json.dumps(localizer.class_names), "has_baseline": baseline is not None})
-        for values in buffer.values():
-            values.clear()
-        skipped.clear()
-
-    by_id = {r.image_id: r for r in records}
-    with progress(total=len(records), desc="evaluate: maps", unit="img") as bar:
-        for batch in loader:
-            skipped.update(batch.bad)
-            if len(batch):
-                pixels = encoder.normalize(batch.pixels)
-                with torch.inference_mode():
-                    features = encoder(pixels)  # once: the head and the baseline share it
-                    out = localizer.predict_features(features.grid)
-                    logits = out.class_logits.float().cpu().numpy()
-                    grid_maps = out.maps.float().cpu().numpy()
-                    if baseline is not None:
-                        if cam_encoder is not encoder:
-                            from tedloc.pipeline.image_encoders import resize_batch
-
-                            features = cam_encoder(cam_encoder.normalize(
-                                resize_batch(list(batch.pixels.numpy()), cam_encoder.input_size)))
-                        cam_grid, cam_logits = baseline(features.grid, features.pooled, batch.labels)
-                for i, image_id in enumerate(batch.ids):
-                    try:
-                        scoremap = metrics.evaluation_map(grid_maps[i], size, normalize=config.normalize_maps,
-                                                          image_id=image_id)
-                        # A CAM has no fixed range: always min–max normalized (wsolevaluation).
-                        cam_map = (metrics.evaluation_map(cam_grid[i], size, image_id=image_id)
-                                   if baseline is not None else None)
-                    except ValueError as exc:  # NaN from the model: refuse, naming the image
-                        raise ArtifactError(f"{checkpoint_path}: {exc}") from None
-                    buffer["ids"].append(image_id)
-                    buffer["map"].append(scoremap.astype(np.float16))  # the stored precision
-                    buffer["class_logits"].append(logits[i])
-                    buffer["label"].append(int(batch.labels[i]))
-                    buffer["image_size"].append(batch.sizes[i])
-                    check_boxes_inside(dataset, by_id[image_id], tuple(int(v) for v in batch.sizes[i]))
-                    if baseline is not None:
-                        buffer["cam_map"].append(cam_map.astype(np.float16))
-                        buffer["cam_class_logits"].append(cam_logits[i])
-            bar.update(len(batch) + len(batch.bad))
-            if len(buffer["ids"]) >= config.shard_size:
-                flush()
-        flush()
-
-
-def check_boxes_inside(dataset: Dataset, record: Record, size: tuple[int, int]) -> None:
-    """Refuse a GT box (``x0y0x1y1`` pixels) that leaves the decoded ``size`` = (width, height)
-    image, naming the index line it came from (readers check this only where the index
-    states image sizes).  ``width`` itself is tolerated, as in ``tedloc data check``."""
-    width, height = size
-    wheres = dataset.box_where.get(record.image_id, [])
-    for k, (x0, y0, x1, y1) in enumerate(np.asarray(record.boxes, dtype=np.float64).tolist()):
-        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-            where = wheres[k] if k < len(wheres) else dataset.image_where.get(record.image_id)
-            file, line = (where.file, where.line) if where else (str(record.path or dataset.spec), None)
-            raise InputError(file, f"box {[x0, y0, x1, y1]} of {record.image_id!r} is outside the "
-                                   f"{width}x{height} image", line)
-
-
 # ----------------------------------------------------------------------------- the stage
 
 def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
@@ -225,7 +116,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
 
     workdir = Path(workdir)
     _, train_identity = _train_identity(workdir)
-    checkpoint_path = workdir / "train" / config.checkpoint
+    checkpoint_path = workdir / train_files.STAGE_DIR / config.checkpoint
     checkpoint = load_checkpoint(checkpoint_path)
     pseudo_manifest = _pseudo_manifest(workdir)
 
@@ -276,8 +167,8 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False) -> Path:
         if pending:
             log.info("evaluate: %d of %d images to run (%d done)", len(pending), len(ids), len(ids) - len(pending))
             index = {r.image_id: r for r in records}  # labels in the model's order
-            _compute_maps(config, workdir=workdir, dataset=dataset, records=[index[i] for i in pending],
-                          writer=writer, checkpoint_path=checkpoint_path)
+            compute_maps(config, workdir=workdir, dataset=dataset, records=[index[i] for i in pending],
+                         writer=writer, checkpoint_path=checkpoint_path, pseudo_manifest=pseudo_manifest)
         results = compute_report(stage_dir, config, inputs)
         summary = {key: {k: m["overall"].get(k) for k in ("max_box_acc_v1", "max_box_acc_v2", "top1_loc",
                                                           "top1_cls", "pxap") if k in m["overall"]}

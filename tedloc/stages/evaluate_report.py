@@ -24,12 +24,17 @@ from tedloc.artifacts import evaluate as files
 from tedloc.artifacts.store import ShardedReader
 from tedloc.configs.evaluate import Config
 from tedloc.data.records import Dataset, Record
-from tedloc.errors import ArtifactError, InputError
-from tedloc.pipeline import metrics, render
-from tedloc.pipeline.boxes import boxes_in_original
+from tedloc.errors import ArtifactError
+from tedloc.pipeline import metrics
 from tedloc.pipeline.centre_prior import centre_prior
 from tedloc.pipeline.groups import GroupedAccumulator, group_keys, image_groups
 from tedloc.stages.evaluate_classes import CLASS_AGNOSTIC_NOTE
+from tedloc.stages.evaluate_outputs import (
+    overlay_picture,
+    overlay_sample,
+    prediction_line,
+    write_curve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +208,7 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
         records = [r for r in inputs.records if r.image_id in reader]
         skipped = {k: v for k, v in reader.skipped.items() if k not in reader}
         by_id = {r.image_id: r for r in records}
-        overlay_ids = _overlay_sample([r.image_id for r in records], config.num_overlays)
+        overlay_ids = overlay_sample([r.image_id for r in records], config.num_overlays)
         scoremap_root = stage_dir / files.SCOREMAP_DIR
         overlay_dir = stage_dir / files.OVERLAY_DIR
         for old in overlay_dir.glob("*.png") if overlay_dir.is_dir() else ():
@@ -216,7 +221,7 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
                     acc.merge(part_accs[key])
                 for item in scored:
                     record = by_id[item.image_id]
-                    files.write_jsonl_line(predictions, _prediction_line(
+                    files.write_jsonl_line(predictions, prediction_line(
                         record, item.label, item.logits["tedloc"], item.results["tedloc"], names, model_names,
                         inputs.stored_threshold, item.image_size, size))
                     if config.export_scoremaps or item.image_id in overlay_ids:
@@ -224,7 +229,7 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
                     if config.export_scoremaps:
                         files.save_scoremap(scoremap_root, item.image_id, maps["tedloc"])
                     if item.image_id in overlay_ids:
-                        picture = _overlay_picture(inputs.dataset, record, maps, item.results, item.logits,
+                        picture = overlay_picture(inputs.dataset, record, maps, item.results, item.logits,
                                                    model_names, item.image_size, size, config.loc_multi_contour)
                         files.write_png(overlay_dir / files.overlay_name(overlay_ids[item.image_id], item.image_id),
                                         picture)
@@ -263,7 +268,7 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
         "methods": methods,
     }
     files.write_results(stage_dir, results)
-    _write_curve(stage_dir, results, inputs.stored_threshold)
+    write_curve(stage_dir, results, inputs.stored_threshold)
     if config.html:  # after predictions.jsonl and results.json, whose numbers it shows
         from tedloc.stages.evaluate_html import write_index_html
 
@@ -271,72 +276,3 @@ def compute_report(stage_dir: Path, config: Config, inputs: ReportInputs) -> dic
                          max_images=config.html_max_images, side=config.html_image_size)
     log.info("evaluate: metrics of %d images in %.1f s", len(records), time.perf_counter() - started)
     return results
-
-
-def _overlay_sample(ids: Sequence[str], count: int) -> dict[str, int]:
-    """``count`` ids spread evenly over ``ids`` (deterministic) -> their rank."""
-    if not ids or count <= 0:
-        return {}
-    picks = np.unique(np.linspace(0, len(ids) - 1, min(count, len(ids))).round().astype(int))
-    return {ids[i]: rank for rank, i in enumerate(picks)}
-
-
-def _prediction_line(record: Record, label: int, logits: np.ndarray, result: metrics.ImageResult,
-                     label_names: Sequence[str], model_names: Sequence[str], threshold: float,
-                     image_size: tuple[int, int], size: int) -> dict[str, Any]:
-    """One line of predictions.jsonl: ``label`` indexes ``label_names``, the logits
-    ``model_names`` (the same list unless class-agnostic)."""
-    _, top5 = metrics.ranked_classes(logits, model_names)
-    return {
-        "image_id": record.image_id,
-        "label": label,
-        "label_name": label_names[label],
-        "class": top5[0]["class"],
-        "class_name": top5[0]["class_name"],
-        "score": top5[0]["score"],
-        "top5": top5,
-        "threshold": threshold,
-        "boxes": boxes_in_original(result.boxes, size, image_size),
-        "box": (boxes_in_original(result.box, size, image_size) or [None])[0],
-        "iou": None if result.iou is None else round(result.iou, 4),
-        "image_size": list(image_size),
-    }
-
-
-def _overlay_picture(dataset: Dataset, record: Record, maps: dict[str, np.ndarray],
-                     results: dict[str, metrics.ImageResult], logits: dict[str, np.ndarray],
-                     names: Sequence[str], image_size: tuple[int, int], size: int,
-                     multi_contour: bool) -> np.ndarray:
-    """TeD-Loc overlay (and the CAM baseline's beside it): map, predicted box(es) at the stored
-    threshold green (the Loc metrics' boxes), GT boxes red."""
-    try:
-        image = dataset.load_image(record)
-    except InputError as exc:  # the image was readable in phase 1; say so rather than stop
-        log.warning("overlay of %s left out: %s", record.image_id, exc)
-        image = np.zeros((image_size[1], image_size[0], 3), np.uint8)
-    panels = []
-    for key, scoremap in maps.items():
-        result = results[key]
-        pred = int(np.argmax(logits[key]))
-        caption = f"{'TeD-Loc' if key == 'tedloc' else 'CAM (GT)'}: {names[pred]}"
-        boxes = boxes_in_original(result.boxes if multi_contour else result.box, size, image_size)
-        panels.append(render.overlay(image, scoremap, caption=caption,
-                                     pred_boxes=np.asarray(boxes).reshape(-1, 4), gt_boxes=record.boxes))
-    return np.concatenate(panels, axis=1) if len(panels) > 1 else panels[0]
-
-
-def _write_curve(stage_dir: Path, results: dict[str, Any], stored_threshold: float) -> None:
-    curves: dict[str, list[float]] = {}
-    for key, method in results["methods"].items():
-        short = files.METHOD_SHORT_NAMES[key]
-        for name, values in method.get("curves", {}).items():
-            if key != "tedloc" and name != "v1":
-                continue  # keep the plot readable: the baselines' V1 curves only
-            label = "V1" if name == "v1" else name.replace("v2_iou", "V2 IoU")
-            curves[f"{short} {label}"] = values
-    if not curves:
-        return
-    thresholds = results["methods"]["tedloc"]["thresholds"]
-    picture = render.curve_plot(thresholds, curves, markers={"stored": stored_threshold},
-                                title=f"BoxAcc vs. threshold ({results['dataset']} / {results['split']})"[:70])
-    files.write_png(stage_dir / files.CURVE_PNG, picture)

@@ -1,0 +1,98 @@
+"""Train: where each batch's frozen grids come from (``features``): the pseudo-labels' cached
+grids held in memory, read from the shards batch by batch, or the encoder run on the images
+(:mod:`tedloc.artifacts.train_data`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+
+from tedloc.artifacts.manifest import MANIFEST
+from tedloc.artifacts.train_data import (
+    Batch,
+    MemoryFeatures,
+    PseudoLabelIndex,
+    image_loader,
+    shard_feature_loader,
+)
+from tedloc.configs.train import Config
+from tedloc.errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
+
+def choose_source(config: Config, index: PseudoLabelIndex) -> tuple[str, bool]:
+    """(kind: ``memory``, ``shards`` or ``encoder``; whether flips can be used) for the config
+    and what the cache holds (memory while the grids fit ``cache_memory_mb``)."""
+    if config.features == "cache" and not index.has_features:
+        raise ConfigError(f"train: features=cache, but {index.directory} has no cached features "
+                          "(run pseudo-labels with --cache-features on, or use --features encoder)")
+    use_cache = index.has_features and config.features != "encoder"
+    if not use_cache:
+        return "encoder", True
+    flip_ok = index.has_flip_features
+    if config.hflip > 0 and not flip_ok:
+        log.warning("%s: no cached features_flip; training without flips (a flipped grid is not the "
+                    "grid of the flipped image)", index.directory)
+    budget = config.cache_memory_mb * 2 ** 20
+    return ("memory" if index.feature_bytes(flip_ok) <= budget else "shards"), flip_ok
+
+
+class FeatureSource:
+    """Yields (float grids (B, h, w, c) on the device, indices, flips) for a plan of batches."""
+
+    def __init__(self, config: Config, index: PseudoLabelIndex, device: torch.device, flip_ok: bool,
+                 kind: str):
+        self.config = config
+        self.index = index
+        self.device = device
+        self.kind = kind
+        self.memory: MemoryFeatures | None = None
+        self.encoder = None
+        if kind == "memory":
+            self.memory = MemoryFeatures(index, with_flip=flip_ok)
+        elif kind == "encoder":
+            from tedloc.pipeline.image_encoders import build_image_encoder
+
+            if not index.dataset:
+                raise ArtifactError(f"{index.directory / MANIFEST}: no dataset recorded; cannot encode images")
+            dataset = index.open_dataset()
+            by_id = dataset.by_id() if callable(getattr(dataset, "by_id", None)) else dataset.by_id
+            missing = [i for i in index.ids if i not in by_id]
+            if missing:
+                raise ArtifactError(f"{index.directory}: {len(missing)} pseudo-labelled images (e.g. {missing[0]!r}) "
+                                    f"are not in dataset {index.dataset!r} split {index.split!r}")
+            self.dataset = dataset
+            self.records = [by_id[i] for i in index.ids]
+            self.encoder = build_image_encoder(index.encoder, input_size=index.input_size, device=device)
+            if tuple(self.encoder.grid) != tuple(index.grid):
+                raise ArtifactError(f"{index.directory}: maps are {index.grid}, encoder {index.encoder} "
+                                    f"gives {self.encoder.grid}")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.feature_dim if self.encoder is not None else self.index.feature_dim
+
+    def autocast(self):
+        """bfloat16 autocast on CUDA with ``amp``, else nothing."""
+        if self.device.type == "cuda" and self.config.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def iterate(self, plan: list[Batch]) -> Iterator[tuple[torch.Tensor, list[int], list[bool]]]:
+        if self.kind == "memory":
+            for indices, flips in plan:
+                yield self.memory.batch(indices, flips).to(self.device, non_blocking=True).float(), indices, flips
+        elif self.kind == "shards":
+            loader = shard_feature_loader(self.index, plan, num_workers=self.config.num_workers)
+            for (indices, flips), grids in zip(plan, loader, strict=True):
+                yield grids.to(self.device, non_blocking=True).float(), indices, flips
+        else:
+            loader = image_loader(self.dataset, self.records, plan, input_size=self.index.input_size,
+                                  num_workers=self.config.num_workers)
+            for (indices, flips), pixels in zip(plan, loader, strict=True):
+                with torch.no_grad(), self.autocast():
+                    grids = self.encoder(self.encoder.normalize(pixels)).grid
+                yield grids.float(), indices, flips
