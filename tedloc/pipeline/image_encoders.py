@@ -187,9 +187,10 @@ def _efficientnet_weights(name: str) -> Path:
 def image_encoder_fingerprint(spec: str) -> str | None:
     """Identity of ``spec``'s weights (and of how its grid is formed) without loading the
     model; None when it cannot be known without loading (a hub model not on disk yet)."""
+    from tedloc.pipeline.cnn_encoders import split_fine
     from tedloc.pipeline.text_encoders import file_fingerprint, text_encoder_fingerprint
 
-    base, fine = (spec[:-5], True) if spec.endswith("-fine") else (spec, False)
+    base, fine = split_fine(spec)
     if base in _EFFICIENTNET:
         return hash_json({"encoder": base, "weights": file_fingerprint(_efficientnet_weights(base)),
                           "fusion": "head-up2+s16" + ("+s8-packed" if fine else "")})
