@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from tedloc.config import StageConfig, check_fields, option
+from tedloc.configs.common import class_names_option, keep_freed_memory_option, metadata_option
 from tedloc.errors import ConfigError
 
 CLIP_ES_BACKGROUNDS = ("ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water",
@@ -31,13 +32,8 @@ class Config(StageConfig):
     PATH_FIELDS = {"dataset": "dataset", "metadata": "file", "class_names": "file", "encoder": "encoder"}
 
     dataset: str = option("demo", "Dataset spec ('demo' or a wsolevaluation folder).")
-    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
-    # ids relative to dataset/CUB/): then the dataset is the image folder.
-    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
-                               "images in --dataset ('' = <dataset>/metadata).")
-    # Before any other source of class names (tedloc/data/class_names.py).
-    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
-                                  "('' = class_names.txt beside the data, else the class folders).")
+    metadata: str = metadata_option()
+    class_names: str = class_names_option()
     split: str = option("train", "Split whose images get pseudo-labels (the training split).")
     # Presets: efficientnet-lite0 (offline, 14x14 at 224 px), efficientnet-lite2 (offline,
     # 17x17 at 260 px), open_clip:EVA02-L-14/merged2b_s4b_b131k (the paper's EVA-CLIP ViT-L/14,
@@ -106,10 +102,7 @@ class Config(StageConfig):
     # cpu_keep_freed_memory).  On a GPU the whole batch is one forward.  Outputs do not depend
     # on it (beyond float rounding).
     forward_batch_size: int = option(0, "Images per encoder forward (0 = auto: 2 on CPU, batch_size on GPU).")
-    # glibc's malloc otherwise unmaps a forward's activations when freed and faults them in
-    # again on the next forward (half of Lite0's CPU time); process-wide, see
-    # tedloc/artifacts/cpu_memory.py.
-    cpu_keep_freed_memory: bool = option(True, "On a CPU, keep freed memory in the process for the next forward.")
+    cpu_keep_freed_memory: bool = keep_freed_memory_option()
     # auto: none on a CPU (each batch is decoded between forwards, in threads: worker
     # processes decoding beside a CPU forward slowed it by ~20% on 2 cores), 8 (at most one
     # per CPU) on an accelerator.  See tedloc/pipeline/image_loader.py.
