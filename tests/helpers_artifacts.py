@@ -65,7 +65,8 @@ def synthetic_grids(num_images: int, *, num_classes: int, grid: tuple[int, int],
 def make_pseudo_labels(workdir: Path, *, num_images: int = 24, num_classes: int = 3, grid: tuple[int, int] = (6, 6),
                        channels: int = 32, input_size: int = 48, seed: int = 0, shard_size: int = 10,
                        with_features: bool = True, with_flip: bool = True, encoder: str = "tiny-cnn",
-                       dataset: str = "", tag: str = "pl", ids: list[str] | None = None) -> Path:
+                       dataset: str = "", tag: str = "pl", ids: list[str] | None = None,
+                       box_threshold: float | None = 0.5) -> Path:
     labels, feats, cams, cell_boxes = synthetic_grids(num_images, num_classes=num_classes, grid=grid,
                                                       channels=channels, seed=seed)
     scale = np.array([input_size / grid[1], input_size / grid[0]] * 2)
@@ -90,4 +91,5 @@ def make_pseudo_labels(workdir: Path, *, num_images: int = 24, num_classes: int 
         return writer.finish(ids, extra={
             "encoder": encoder, "input_size": input_size, "grid": list(grid), "feature_dim": channels,
             "method": "cam", "dataset": dataset, "split": "train", "has_features": with_features,
-            "has_flip_features": with_features and with_flip, "num_classes": num_classes})
+            "has_flip_features": with_features and with_flip, "num_classes": num_classes,
+            **({"box_threshold": box_threshold} if box_threshold is not None else {})})

@@ -53,9 +53,9 @@ def make_model_workdir(workdir: Path, data_root: Path, *, pseudo_labels: bool = 
     return workdir
 
 
-def train_real_pipeline(workdir: Path, data_root: Path, clip_folder: Path) -> Path:
-    """Run the real text-embed (tiny CLIP text tower), pseudo-labels (tiny-cnn) and train
-    (one short epoch) stages on ``data_root``; return ``<workdir>/train/model.pt``."""
+def train_real_pipeline(workdir: Path, data_root: Path, clip_folder: Path, *, encoder: str = "tiny-cnn") -> Path:
+    """Run the real text-embed (tiny CLIP text tower), pseudo-labels (``encoder``, tiny-cnn by
+    default) and train (one short epoch) stages on ``data_root``; return ``<workdir>/train/model.pt``."""
     from tedloc.configs.pseudo_labels import Config as PseudoConfig
     from tedloc.configs.text_embed import Config as TextConfig
     from tedloc.configs.train import Config as TrainConfig
@@ -63,7 +63,7 @@ def train_real_pipeline(workdir: Path, data_root: Path, clip_folder: Path) -> Pa
 
     text_embed.run(TextConfig(dataset=str(data_root), text_encoder=f"clip:{clip_folder}", device="cpu"),
                    workdir=workdir)
-    pseudo_labels.run(PseudoConfig(dataset=str(data_root), encoder="tiny-cnn", diagnostic=False,
+    pseudo_labels.run(PseudoConfig(dataset=str(data_root), encoder=encoder, diagnostic=False,
                                    batch_size=8, num_workers=0, device="cpu"), workdir=workdir)
     train.run(TrainConfig(epochs=1, batch_size=4, width=16, depth=1, patch_hidden=8, num_workers=0,
                           device="cpu", progress=False), workdir=workdir)

@@ -23,6 +23,7 @@ BAD_NUMBERS = [
     ("train", "--hflip", "nan", ["--hflip", "finite"]),
     ("train", "--batch-size", "-4", ["batch_size must be at least 1"]),
     ("train", "--epochs", "0", ["epochs must be at least 1"]),
+    ("train", "--bg-level", "1.5", ["bg_level must be in [0, 1], got 1.5"]),
     ("pseudo-labels", "--box-threshold", "nan", ["--box-threshold", "finite"]),
     ("pseudo-labels", "--classifier-weight-decay", "-1", ["classifier_weight_decay", "must not be negative"]),
     ("pseudo-labels", "--cache-budget-gb", "-5", ["cache_budget_gb", "must not be negative"]),

@@ -63,8 +63,15 @@ def test_groups_hold_the_hand_binned_images_and_equal_evaluations_of_them_alone(
         for family in ("by_box_fraction", "by_num_boxes"):  # the image without boxes is in none
             assert sum(g["num_images"] for g in method[family].values()) == overall["num_images_with_boxes"]
 
+        # Every contour's boxes include the largest one's: Loc with them is never lower.
+        for values in [overall, *method["by_box_fraction"].values(), *method["by_num_boxes"].values()]:
+            assert values["gt_known_loc_oracle_all_contours"] >= values["gt_known_loc_oracle"], key
+            if values["gt_known_loc"] is not None:
+                assert values["gt_known_loc_all_contours"] >= values["gt_known_loc"], key
+
     md = (stage / "results.md").read_text()
     assert "## By object size" in md and "## By number of GT boxes" in md
+    assert "## Loc with every contour's box" in md and "GT-known Loc, every contour" in md
     assert "| Centre prior (no learning) | >=0.30 | 1 |" in md
 
     # Each group's metrics are those of the report made of its images alone (same shards;

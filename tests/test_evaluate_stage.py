@@ -79,10 +79,12 @@ def test_outputs_and_metrics_recomputed_from_shards(setup):
     curve = cv2.imread(str(stage / "boxacc_curve.png"))
     assert curve is not None and curve.shape[2] == 3
 
-    # The baseline's non-oracle τ is the pseudo-labels' box threshold (its default 0.3), and
+    # The baseline's non-oracle τ is the pseudo-labels' box threshold (its default), and
     # its classification is the CAM classifier's own (not the GT label it maps with).
+    from tedloc.configs.pseudo_labels import Config as PseudoConfig
+
     baseline = results["methods"]["cam_baseline"]["overall"]
-    assert baseline["stored_threshold"] == 0.3
+    assert baseline["stored_threshold"] == PseudoConfig().box_threshold
 
     # Shards hold the 224×224 maps; recomputing MaxBoxAccV1 from them by hand agrees.
     with ShardedReader(stage, "tedloc.evaluate") as reader:

@@ -103,3 +103,30 @@ def test_switched_off_losses_are_zero_and_give_no_gradient():
     full = tedloc_losses(_output(z, patch_logits, ANCHORS), labels, sample, ANCHORS, tau=0.07, weights=LossWeights())
     assert full.total.item() == pytest.approx(sum(v.item() for v in full.parts.values()), rel=1e-6)
     assert int(full.counts["patch_total"]) == 4 and int(full.counts["cls_total"]) == 2
+
+
+def test_sampling_within_levels_keeps_to_each_map_own_region():
+    # Image 0: a 3-patch object (values 1.0, 0.9, 0.8) on a 0.1 background with one 0.5 patch;
+    # image 1: a large 40-patch object.  p_fg = 0.2 offers 20 of 100 patches: with
+    # fg_level 0.7 image 0 offers its 3 object patches only, image 1 its top 20.
+    cam = torch.full((2, 10, 10), 0.1)
+    cam[0, 0, 0], cam[0, 0, 1], cam[0, 0, 2], cam[0, 5, 5] = 1.0, 0.9, 0.8, 0.5
+    cam[0, 9, 9] = 0.0
+    cam[1, :4, :] = torch.linspace(1.0, 0.8, 40).view(4, 10)
+    cam[1, 9, :] = 0.0
+    s = sample_patches(cam, n_fg=6, n_bg=4, p_fg=0.2, p_bg=0.3, fg_level=0.7, bg_level=0.05,
+                       generator=torch.Generator().manual_seed(0))
+    assert set(s.fg[0].tolist()) <= {0, 1, 2}  # fewer candidates than draws: with replacement
+    assert (s.fg[1] < 20).all() and len(set(s.fg[1].tolist())) == 6  # the top 20, without
+    assert (s.bg[0] == 99).all()  # the only patch ≤ 0.05
+    assert (s.bg[1] >= 90).all() and len(set(s.bg[1].tolist())) == 4
+    # Without levels the same maps offer image 0's background as foreground.
+    wide = sample_patches(cam, n_fg=6, n_bg=4, p_fg=0.2, p_bg=0.3, generator=torch.Generator().manual_seed(0))
+    assert not set(wide.fg[0].tolist()) <= {0, 1, 2}
+
+
+def test_sampling_levels_keep_at_least_the_peak_and_the_lowest_patch():
+    cam = torch.linspace(0, 1, 16).view(1, 4, 4)
+    s = sample_patches(cam, n_fg=2, n_bg=2, fg_level=1.5, bg_level=-1.0,
+                       generator=torch.Generator().manual_seed(0))
+    assert s.fg.tolist() == [[15, 15]] and s.bg.tolist() == [[0, 0]]

@@ -89,6 +89,38 @@ def test_two_blobs_v1_uses_largest_v2_uses_all():
     assert overall["max_box_acc_v2"] == pytest.approx(200 / 3)
 
 
+def test_loc_with_every_contour_is_reported_beside_the_largest_contour():
+    # Two objects, each with its GT box: the largest contour finds the big one only, every
+    # contour finds both.  Image 1: GT = the small blob -> a hit with every contour only.
+    # Image 2: GT = the big blob -> a hit either way.  Image 3: right box, wrong class.
+    m = _two_blobs()
+    small, big = np.array([[14, 14, 17, 17]]), np.array([[2, 2, 9, 9]])
+    for multi in (False, True):
+        acc = _acc(stored_threshold=0.5, loc_multi_contour=multi)
+        acc.add(m, np.array([2.0, 1.0]), 0, small)
+        acc.add(m, np.array([2.0, 1.0]), 0, big)
+        acc.add(m, np.array([1.0, 2.0]), 0, small)
+        overall = acc.compute()["overall"]
+        # The Loc mode's keys follow loc_multi_contour; the *_all_contours keys never change.
+        assert overall["gt_known_loc"] == pytest.approx(100.0 if multi else 100 / 3)
+        assert overall["top1_loc"] == pytest.approx(200 / 3 if multi else 100 / 3)
+        assert overall["gt_known_loc_all_contours"] == pytest.approx(100.0)
+        assert overall["top1_loc_all_contours"] == pytest.approx(200 / 3)
+        assert overall["top5_loc_all_contours"] == pytest.approx(100.0)  # 2 classes: always in the top 5
+        assert overall["gt_known_loc_oracle_all_contours"] == pytest.approx(100.0)
+        assert overall["top1_loc_oracle_all_contours"] == pytest.approx(200 / 3)
+        assert overall["oracle_threshold_all_contours"] == 0.0  # every τ keeps both blobs: the first
+
+
+def test_loc_with_every_contour_is_none_without_a_classifier_or_stored_threshold():
+    acc = _acc(classifies=False)
+    acc.add(_two_blobs(), None, 0, np.array([[14, 14, 17, 17]]))
+    overall = acc.compute()["overall"]
+    assert overall["gt_known_loc_oracle_all_contours"] == 100.0
+    assert overall["gt_known_loc_all_contours"] is None
+    assert overall["top1_loc_all_contours"] is None and overall["top1_loc_oracle_all_contours"] is None
+
+
 def test_multiple_gt_boxes_take_the_best_match():
     m = _two_blobs()
     gts = np.array([[14, 14, 17, 17], [2, 2, 9, 9]])

@@ -59,8 +59,8 @@ def test_artifact_contents(data, tmp_path):
         assert clf.weight.shape == (2, 32) and clf.bias.shape == (2,)
     # rerun: up to date, nothing recomputed
     assert stage.run(_config(data), workdir=tmp_path / "w", on_progress=_fail_hook) == manifest_path
-    with pytest.raises(ConfigMismatchError):
-        stage.run(_config(data, box_threshold=0.6), workdir=tmp_path / "w")
+    with pytest.raises(ConfigMismatchError):  # another box threshold than the default's
+        stage.run(_config(data, box_threshold=0.45), workdir=tmp_path / "w")
 
 
 def _fail_hook(step: str, done: int) -> None:

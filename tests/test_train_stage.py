@@ -53,6 +53,28 @@ def test_training_lowers_the_loss_and_g_separates_fg_from_bg(tmp_path):
     assert manifest.name == "manifest.json"
 
 
+def test_fg_region_draws_foreground_inside_the_pseudo_box_region(tmp_path, monkeypatch):
+    from tedloc.stages import train_epoch
+
+    levels = []
+    original = train_epoch.sample_patches
+
+    def spy(cam, **kwargs):
+        levels.append((kwargs["fg_level"], kwargs["bg_level"]))
+        return original(cam, **kwargs)
+
+    monkeypatch.setattr(train_epoch, "sample_patches", spy)
+    wd = _workdir(tmp_path, num_images=16, box_threshold=0.6)
+    train.run(Config(epochs=1, bg_level=0.3, **FAST), workdir=wd)
+    assert levels and set(levels) == {(0.6, 0.3)}  # fg_region (default): the manifest's box_threshold
+    levels.clear()
+    train.run(Config(epochs=1, fg_region=False, bg_level=1.0, **FAST), workdir=_workdir(tmp_path, "plain", num_images=16))
+    assert set(levels) == {(None, None)}  # the fixed fractions alone
+    bare = _workdir(tmp_path, "bare", num_images=16, box_threshold=None)
+    with pytest.raises(ArtifactError, match="no box_threshold recorded"):
+        train.run(Config(epochs=1, fg_region=True, **FAST), workdir=bare)
+
+
 class _Stop(Exception):
     pass
 

@@ -49,8 +49,11 @@ class PseudoLabelIndex:
         labels: int64 (N,).
         cams: float32 (N, h, w) maps in [0, 1].
         pseudo_boxes: float32 (N, 4) ``x0y0x1y1`` at ``input_size``×``input_size``.
+        box_threshold: the map level (relative to its peak) the pseudo boxes were drawn at;
+            None when the manifest does not say.
         image_sizes: int32 (N, 2) original (width, height).
         encoder: the encoder spec; input_size: S; grid: (h, w); feature_dim: c.
+        fine_dim: channels of a finer stage packed into the grid (:mod:`tedloc.pipeline.fine_grid`), 0 = none.
         has_features / has_flip_features: whether the shards cache the grids.
         num_classes: C of the artifact (manifest, else its CAM classifier, else max label + 1).
         class_names: the C names in label order (manifest; empty for artifacts without them).
@@ -65,10 +68,12 @@ class PseudoLabelIndex:
     cams: np.ndarray
     pseudo_boxes: np.ndarray
     image_sizes: np.ndarray
+    box_threshold: float | None
     encoder: str
     input_size: int
     grid: tuple[int, int]
     feature_dim: int
+    fine_dim: int
     has_features: bool
     has_flip_features: bool
     num_classes: int
@@ -81,6 +86,13 @@ class PseudoLabelIndex:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def region_level(self) -> float:
+        """The level of the maps' object region: the pseudo boxes' (ArtifactError without one)."""
+        if self.box_threshold is None:
+            raise ArtifactError(f"{self.directory / 'manifest.json'}: no box_threshold recorded, "
+                                "so the maps' region is unknown (rerun pseudo-labels)")
+        return self.box_threshold
 
     def open_dataset(self):
         """The split the images came from, opened as the pseudo-labels stage opened it."""
@@ -137,9 +149,11 @@ def read_pseudo_label_index(workdir_or_dir: str | Path) -> PseudoLabelIndex:
         return PseudoLabelIndex(
             directory=where, ids=list(reader.ids), labels=labels, cams=np.clip(cams, 0.0, 1.0),
             pseudo_boxes=boxes, image_sizes=sizes,
+            box_threshold=_number(manifest.get("box_threshold", config.get("box_threshold"))),
             encoder=str(manifest.get("encoder") or config.get("encoder")),
             input_size=int(manifest.get("input_size") or config.get("input_size")),
             grid=(int(grid[0]), int(grid[1])), feature_dim=feature_dim,
+            fine_dim=int(manifest.get("fine_dim") or 0),
             has_features=has_features and reader.has("features"),
             has_flip_features=bool(manifest.get("has_flip_features", False)) and reader.has("features_flip"),
             num_classes=_num_classes(reader, labels),
@@ -151,6 +165,10 @@ def read_pseudo_label_index(workdir_or_dir: str | Path) -> PseudoLabelIndex:
             metadata=str(config.get("metadata") or ""),
             class_names_file=str(config.get("class_names") or ""),
         )
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def labels_in_anchor_order(index: PseudoLabelIndex, text: TextEmbedArtifact) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from tedloc.config import StageConfig, check_fields, option
+from tedloc.configs.common import class_names_option, metadata_option
 from tedloc.errors import ConfigError
 
 
@@ -19,13 +20,8 @@ class Config(StageConfig):
     PATH_FIELDS = {"dataset": "dataset", "metadata": "file", "class_names": "file"}
 
     dataset: str = option("demo", "Dataset spec the demo runs on (the bundled demo data by default).")
-    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
-    # ids relative to dataset/CUB/): then the dataset is the image folder.
-    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
-                               "images in --dataset ('' = <dataset>/metadata).")
-    # Before any other source of class names (tedloc/data/class_names.py).
-    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
-                                  "('' = class_names.txt beside the data, else the class folders).")
+    metadata: str = metadata_option()
+    class_names: str = class_names_option()
     # The evaluation's folder, <workdir>/evaluate/<name>/ ('' = <dataset>-test: demo-test).
     name: str = option("", "Name of the test-split evaluation ('' = <dataset>-test, e.g. demo-test).")
     quick: bool = option(False, "Smoke run (CI): a class-balanced slice of the images and fewer epochs.")

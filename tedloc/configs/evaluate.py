@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from tedloc.config import StageConfig, check_fields, option
+from tedloc.configs.common import class_names_option, keep_freed_memory_option, metadata_option
 from tedloc.errors import ConfigError
 
 ON_BAD_IMAGE = ("fail", "skip")
@@ -41,13 +42,8 @@ class Config(StageConfig):
     # --- what is evaluated -------------------------------------------------------------
     # '' = the dataset recorded in the pseudo-labels manifest (the one trained on).
     dataset: str = option("", "Dataset spec ('demo' or a folder); '' = the one in the pseudo-labels manifest.")
-    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
-    # ids relative to dataset/CUB/): then the dataset is the image folder.
-    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
-                               "images in --dataset ('' = <dataset>/metadata).")
-    # Before any other source of class names (tedloc/data/class_names.py).
-    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
-                                  "('' = class_names.txt beside the data, else the class folders).")
+    metadata: str = metadata_option()
+    class_names: str = class_names_option()
     # The split scored; wsolevaluation's 'test' is the held-out one.
     split: str = option("test", "Split to evaluate.")
     # Where the results go: <workdir>/evaluate/<name>/.  A name per dataset and split keeps
@@ -115,9 +111,7 @@ class Config(StageConfig):
     # --- resources (no effect on the numbers) -----------------------------------------
     batch_size: int = option(32, "Images per forward pass.")
     num_workers: int = option(2, "Image-decoding worker processes (0 = in the main process).")
-    # glibc's malloc otherwise unmaps freed activations and faults them in again on the next
-    # forward; process-wide, see tedloc/artifacts/cpu_memory.py.
-    cpu_keep_freed_memory: bool = option(True, "On a CPU, keep freed memory in the process for the next forward.")
+    cpu_keep_freed_memory: bool = keep_freed_memory_option()
     shard_size: int = option(256, "Images per result shard (the unit of resume).")
     # cpu | cuda | cuda:N | auto
     device: str = option("auto", "Device: cpu, cuda, cuda:N or auto.")

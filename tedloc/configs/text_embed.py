@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from tedloc.config import StageConfig, check_fields, option
+from tedloc.configs.common import class_names_option, metadata_option
 from tedloc.errors import ConfigError
 
 DEFAULT_TEMPLATE = "Image of a {}."
@@ -29,13 +30,8 @@ class Config(StageConfig):
 
     # Dataset whose class names (label order) become the anchors; 'demo' or a folder.
     dataset: str = option("demo", "Dataset spec whose class names are embedded ('demo' or a folder).")
-    # wsolevaluation keeps its metadata apart from the images (metadata/CUB/<split>/*.txt,
-    # ids relative to dataset/CUB/): then the dataset is the image folder.
-    metadata: str = option("", "wsolevaluation metadata folder holding <split>/image_ids.txt, apart from the "
-                               "images in --dataset ('' = <dataset>/metadata).")
-    # Before any other source of class names (tedloc/data/class_names.py).
-    class_names: str = option("", "File of class names: one per line in label order, or 'synset,name' lines "
-                                  "('' = class_names.txt beside the data, else the class folders).")
+    metadata: str = metadata_option()
+    class_names: str = class_names_option()
     # Split the class names are read from (all splits share them).
     split: str = option("train", "Split to read the class names from.")
     # CSV/TSV 'original,nicer' lines: nicer names to put into the prompts.

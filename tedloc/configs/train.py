@@ -38,6 +38,10 @@ class Config(StageConfig):
     width: int = option(128, "Decoder width (channels of its hidden layers).")
     depth: int = option(2, "Number of decoder blocks (3×3 conv or transformer).")
     heads: int = option(4, "Attention heads of the transformer decoder (width must be divisible by it).")
+    # Encoders with a finer stage packed into the grid (the '-fine' specs, e.g.
+    # efficientnet-lite0-fine: maps at 28×28 instead of 14×14): one more residual 3×3 conv
+    # block at the fine grid, on the decoder's output upsampled ×2 plus the fine stage.
+    fine_width: int = option(64, "Width of the decoder's block at the fine grid ('-fine' encoders only).")
 
     # --- patch classifier g: z_p -> FG/BG logit --------------------------------------------
     patch_head: str = option("mlp", "Patch classifier g: mlp (one hidden layer) or linear.")
@@ -53,8 +57,18 @@ class Config(StageConfig):
     # --- FG/BG patch sampling from the pseudo-label maps (redrawn every epoch) -------------
     n_fg: int = option(4, "FG patches sampled per image and step.")
     n_bg: int = option(4, "BG patches sampled per image and step.")
-    p_fg: float = option(0.2, "FG patches are drawn among this top fraction of map values (∝ map).")
+    # 0.05 of Lite0's 196 patches: at most 10 FG candidates (within fg_region); 0.2 (40) put
+    # most of a small object's candidates on its surroundings (val MaxBoxAccV2 by size: RESULTS.md).
+    p_fg: float = option(0.05, "FG patches are drawn among this top fraction of map values (∝ map).")
     p_bg: float = option(0.3, "BG patches are drawn among this bottom fraction of map values (∝ 1 − map).")
+    # The map's own region instead of a fixed share of the grid: with p_fg = 0.2 a Lite0 map
+    # offers its top 40 of 196 patches as FG whatever the object's size, most of them around
+    # a small object.  The region is the one whose box is the pseudo box, against which the
+    # map threshold is chosen: FG patches and threshold then agree on what the object is.
+    fg_region: bool = option(True, "FG candidates: the pseudo-label map's region above the pseudo-labels' "
+                                    "box_threshold (at most the top p_fg); off: the top p_fg alone.")
+    # BG candidates well below the region (the bottom p_bg of a map can reach a large object).
+    bg_level: float = option(0.2, "BG candidates: patches with pseudo-label value ≤ this (at most the bottom p_bg); 1 = the bottom p_bg alone.")
 
     # --- data ---------------------------------------------------------------------------------
     # auto: cached features when the pseudo-labels hold them, else the encoder on the fly.
@@ -100,7 +114,7 @@ class Config(StageConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("width", "heads", "patch_hidden", "epochs", "batch_size", "threshold_size"):
+        for name in ("width", "heads", "patch_hidden", "epochs", "batch_size", "threshold_size", "fine_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train: {name} must be at least 1, got {getattr(self, name)}")
         for name in ("depth", "n_fg", "n_bg", "num_workers", "cache_memory_mb", "threshold_images"):
@@ -111,6 +125,8 @@ class Config(StageConfig):
         for name in ("p_fg", "p_bg"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"train: {name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 <= self.bg_level <= 1:
+            raise ConfigError(f"train: bg_level must be in [0, 1], got {self.bg_level}")
         if not 0 <= self.hflip <= 1:
             raise ConfigError(f"train: hflip must be in [0, 1], got {self.hflip}")
         if self.tau <= 0:

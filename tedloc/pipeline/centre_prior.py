@@ -16,7 +16,8 @@ import functools
 
 import numpy as np
 
-from tedloc.pipeline.metrics import FixedMap, fix_map, normalize_scoremap
+from tedloc.pipeline.image_score import FixedMap, fix_map
+from tedloc.pipeline.scoremaps import normalize_scoremap
 
 
 def centre_prior_map(size: int, sigma: float) -> np.ndarray:

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tedloc.pipeline.metrics import FixedMap, ImageResult, LocalizationAccumulator
+from tedloc.pipeline.image_score import FixedMap, ImageResult
+from tedloc.pipeline.metrics import LocalizationAccumulator
 
 BY_BOX_FRACTION = "by_box_fraction"
 BY_NUM_BOXES = "by_num_boxes"

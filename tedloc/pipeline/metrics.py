@@ -27,163 +27,23 @@ and histograms, never the maps.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
 from tedloc.pipeline.box_search import best_ious_of, boxes_within_reach
-from tedloc.pipeline.boxes import (
-    ThresholdBoxes,
-    contour_boxes,
-    iou_matrix,
-    rescale_boxes,
-    scoremap_to_uint8,
-)
+from tedloc.pipeline.boxes import contour_boxes, iou_matrix, scoremap_to_uint8
+from tedloc.pipeline.image_score import FixedMap, ImageResult, ImageScore
 from tedloc.pipeline.pxap import PxapAccumulator
-
-
-def threshold_grid(interval: float = 0.01) -> np.ndarray:
-    """float64 (T,) thresholds ``0, interval, 2·interval, …`` strictly below 1
-    (wsolevaluation's ``np.arange(0, 1, cam_curve_interval)``; 0.01 gives 0 … 0.99)."""
-    if not 0 < interval < 1:
-        raise ValueError(f"threshold interval must be in (0, 1), got {interval}")
-    return np.arange(0, 1, interval)
-
-
-def check_scoremap(scoremap: np.ndarray, image_id: str = "<map>") -> np.ndarray:
-    """Validate a score map: 2-D, no NaN, values in [0, 1]; return it as float64.
-
-    Raises ValueError naming ``image_id`` (a NaN map is never silently repaired).
-    """
-    scoremap = np.asarray(scoremap)
-    if scoremap.ndim != 2:
-        raise ValueError(f"{image_id}: score map must be 2-D (H, W), got shape {scoremap.shape}")
-    scoremap = scoremap.astype(np.float64, copy=False)
-    if np.isnan(scoremap).any():
-        raise ValueError(f"{image_id}: score map contains NaN")
-    if scoremap.size and (scoremap.min() < 0 or scoremap.max() > 1):
-        raise ValueError(f"{image_id}: score map values must be in [0, 1], "
-                         f"got min {scoremap.min():.4g}, max {scoremap.max():.4g}")
-    return scoremap
-
-
-def normalize_scoremap(scoremap: np.ndarray, image_id: str = "<map>") -> np.ndarray:
-    """Min–max normalize a float (H, W) map to [0, 1]; a constant map gives zeros.
-
-    Same as wsolevaluation's ``normalize_scoremap`` except that NaN is refused (ValueError
-    naming ``image_id``) instead of being turned into zeros: NaN means a broken model.
-    """
-    scoremap = np.asarray(scoremap, dtype=np.float64)
-    if np.isnan(scoremap).any():
-        raise ValueError(f"{image_id}: score map contains NaN")
-    low, high = scoremap.min(), scoremap.max()
-    if low == high:
-        return np.zeros_like(scoremap)
-    return (scoremap - low) / (high - low)
-
-
-def evaluation_map(grid_map: np.ndarray, size: int = 224, *, normalize: bool = True,
-                   image_id: str = "<map>") -> np.ndarray:
-    """A model's map at grid resolution → the float32 (size, size) map that is scored.
-
-    Bicubic upsampling, then min–max normalization (wsolevaluation's CAMComputer), or
-    with ``normalize=False`` a clip to [0, 1] (bicubic overshoots).
-    """
-    grid_map = np.asarray(grid_map, dtype=np.float32)
-    if grid_map.ndim != 2:
-        raise ValueError(f"{image_id}: map must be 2-D (h, w), got shape {grid_map.shape}")
-    if np.isnan(grid_map).any():
-        raise ValueError(f"{image_id}: score map contains NaN")
-    if normalize and grid_map.min() == grid_map.max():
-        # Interpolation adds float noise to a constant map, which min–max would blow up.
-        return np.zeros((size, size), np.float32)
-    resized = cv2.resize(grid_map, (size, size), interpolation=cv2.INTER_CUBIC)
-    if normalize:
-        return normalize_scoremap(resized, image_id).astype(np.float32)
-    return np.clip(resized, 0.0, 1.0)
-
-
-def gt_boxes_at_eval_size(boxes: np.ndarray, image_size: tuple[int, int], eval_size: int = 224
-                          ) -> np.ndarray:
-    """``x0y0x1y1`` boxes in original pixels of a (width, height) image → int64 (K, 4) at
-    ``eval_size``×``eval_size``, truncated like wsolevaluation's ``resize_bbox``."""
-    scaled = rescale_boxes(boxes, image_size, (eval_size, eval_size))
-    return scaled.astype(np.int64)
-
-
-def topk_hits(logits: np.ndarray, label: int, ks: Sequence[int] = (1, 5)) -> dict[int, bool]:
-    """Whether ``label`` is among the ``k`` highest of float (C,) ``logits``, for each k
-    (k is capped at C).  Ties are broken by lower class index, like ``np.argsort``."""
-    order = np.argsort(-np.asarray(logits, dtype=np.float64), kind="stable")
-    return {k: bool(label in order[:min(k, len(order))]) for k in ks}
-
-
-@dataclasses.dataclass
-class ImageResult:
-    """What one image contributed, for per-image outputs.
-
-    ``boxes`` / ``box`` are int64 ``x0y0x1y1`` at eval size, at the stored threshold (every
-    contour / the largest); ``iou`` the best IoU there in the Loc mode (None without GT boxes
-    or without a stored threshold); ``top1`` / ``top5`` whether the class is right (None for a
-    method without a classifier).
-    """
-
-    top1: bool | None
-    top5: bool | None
-    iou: float | None
-    boxes: np.ndarray | None
-    box: np.ndarray | None
-
-
-@dataclasses.dataclass
-class ImageScore:
-    """Everything one image adds to the counts of a :class:`LocalizationAccumulator`, from
-    :meth:`LocalizationAccumulator.score`: the same score can be added to several
-    accumulators (a split's and its groups'), so a map is searched for boxes once.
-
-    ``v1``, ``loc``: bool (T,) hit at each threshold (MaxBoxAccV1; GT-known Loc in the Loc
-    mode); ``v2``: bool (D, T), one row per IoU cut of MaxBoxAccV2; ``stored``: bool (3,)
-    GT-known, Top-1 and Top-5 Loc at the stored threshold.  All None for an image without GT
-    boxes (``stored`` also without a stored threshold).  ``top1`` / ``top5`` are None for a
-    method without a classifier; ``masks`` the int64 (B,) foreground and background PxAP
-    histograms, or None without masks.
-    """
-
-    label: int
-    top1: bool | None
-    top5: bool | None
-    v1: np.ndarray | None
-    v2: np.ndarray | None
-    loc: np.ndarray | None
-    stored: np.ndarray | None
-    masks: tuple[np.ndarray, np.ndarray] | None
-    result: ImageResult
-
-
-@dataclasses.dataclass(frozen=True)
-class FixedMap:
-    """What scoring a map needs that does not depend on the image, for one map scored for
-    many images (the centre prior): from :func:`fix_map`.
-
-    ``scoremap``: float64 (S, S) in [0, 1]; ``boxes``: its :func:`contour_boxes` at every
-    threshold of the grid (largest contours recorded); ``pixel_bins``: int64 (S, S), each
-    pixel's PxAP bin (:meth:`PxapAccumulator.pixel_bins`).
-    """
-
-    scoremap: np.ndarray
-    boxes: ThresholdBoxes
-    pixel_bins: np.ndarray
-
-
-def fix_map(scoremap: np.ndarray, thresholds: np.ndarray) -> FixedMap:
-    """The :class:`FixedMap` of a float (S, S) map in [0, 1] for a threshold grid: one
-    contour search per threshold, once."""
-    scoremap = check_scoremap(scoremap)
-    return FixedMap(scoremap, contour_boxes(scoremap_to_uint8(scoremap), thresholds, largest=True),
-                    PxapAccumulator(thresholds).pixel_bins(scoremap))
+from tedloc.pipeline.ranking import ranked_classes, topk_hits  # noqa: F401 (re-exported)
+from tedloc.pipeline.scoremaps import (  # noqa: F401 (re-exported)
+    check_scoremap,
+    evaluation_map,
+    gt_boxes_at_eval_size,
+    normalize_scoremap,
+    threshold_grid,
+)
 
 
 class LocalizationAccumulator:
@@ -232,6 +92,10 @@ class LocalizationAccumulator:
         self.top1_loc_hits = np.zeros((c, num_t), np.int64)
         self.top5_loc_hits = np.zeros((c, num_t), np.int64)
         self.stored_hits = np.zeros((c, 3), np.int64)   # GT-known, Top-1, Top-5 Loc at stored τ
+        # The same Loc counts with every contour's box, reported beside the Loc mode's.
+        self.loc_all_hits = np.zeros((c, num_t), np.int64)
+        self.top1_loc_all_hits = np.zeros((c, num_t), np.int64)
+        self.stored_all_hits = np.zeros((c, 3), np.int64)
         self.pxap = PxapAccumulator(self.thresholds)
 
     def add(self, scoremap: np.ndarray | None, logits: np.ndarray | None, label: int, gt_boxes: np.ndarray | None,
@@ -310,14 +174,16 @@ class LocalizationAccumulator:
         # Compare IoU with δ/100 exactly as wsolevaluation does (iou >= delta / 100).
         v1_hits = v1 >= self.v1_iou / 100
         v2_hits = np.stack([v2 >= delta / 100 for delta in self.iou_thresholds])
-        loc_curve = (v2 if self.loc_multi_contour else v1) >= self.loc_iou / 100
-        iou = stored_hits = None
+        # Loc with the largest contour ([0]) and with every contour ([1]): both are reported.
+        loc = [curve >= self.loc_iou / 100 for curve in (v1, v2)]
+        ious = stored = [None, None]
         if self.stored_threshold is not None:
-            iou = float(iou_matrix(stored_boxes if self.loc_multi_contour else stored_box, gt_boxes).max())
-            ok = iou >= self.loc_iou / 100
-            stored_hits = np.array([ok, ok and bool(top1), ok and bool(top5)])
-        return ImageScore(label, top1, top5, v1_hits, v2_hits, loc_curve, stored_hits, masks,
-                          ImageResult(top1, top5, iou, stored_boxes, stored_box))
+            ious = [float(iou_matrix(boxes, gt_boxes).max()) for boxes in (stored_box, stored_boxes)]
+            stored = [np.array([ok, ok and bool(top1), ok and bool(top5)])
+                      for ok in (value >= self.loc_iou / 100 for value in ious)]
+        mode = int(self.loc_multi_contour)
+        return ImageScore(label, top1, top5, v1_hits, v2_hits, loc[mode], stored[mode], masks,
+                          ImageResult(top1, top5, ious[mode], stored_boxes, stored_box), loc[1], stored[1])
 
     def accumulate(self, score: ImageScore) -> None:
         """Count one image's :meth:`score` (of this accumulator or one with the same settings)."""
@@ -339,9 +205,16 @@ class LocalizationAccumulator:
             self.top5_loc_hits[row] += score.loc & score.top5
         if score.stored is not None:
             self.stored_hits[row] += score.stored
+        if score.loc_all is not None:
+            self.loc_all_hits[row] += score.loc_all
+            if score.top1 is not None:
+                self.top1_loc_all_hits[row] += score.loc_all & score.top1
+        if score.stored_all is not None:
+            self.stored_all_hits[row] += score.stored_all
 
     _COUNTS = ("n_images", "n_boxed", "top1", "top5", "v1_hits", "v2_hits", "loc_hits",
-               "top1_loc_hits", "top5_loc_hits", "stored_hits")
+               "top1_loc_hits", "top5_loc_hits", "stored_hits", "loc_all_hits", "top1_loc_all_hits",
+               "stored_all_hits")
 
     def empty_like(self, *, per_class: bool | None = None) -> LocalizationAccumulator:
         """A fresh accumulator with the same settings (for a worker's share of the images, or
@@ -402,7 +275,19 @@ class LocalizationAccumulator:
             out["gt_known_loc"] = pct(stored[0], n_boxed)
             out["top1_loc"] = pct(classified and stored[1], n_boxed)
             out["top5_loc"] = pct(classified and stored[2], n_boxed)
+            # Every contour's box (an image counts when any of them reaches loc_iou), its own oracle.
+            loc_all = 100.0 * self.loc_all_hits.sum(axis=0) / n_boxed
+            oracle = int(np.argmax(loc_all))
+            out["oracle_threshold_all_contours"] = float(self.thresholds[oracle])
+            out["gt_known_loc_oracle_all_contours"] = float(loc_all[oracle])
+            out["top1_loc_oracle_all_contours"] = pct(classified and self.top1_loc_all_hits.sum(axis=0)[oracle],
+                                                      n_boxed)
+            stored = self.stored_all_hits.sum(axis=0) if self.stored_threshold is not None else [None] * 3
+            out["gt_known_loc_all_contours"] = pct(stored[0], n_boxed)
+            out["top1_loc_all_contours"] = pct(classified and stored[1], n_boxed)
+            out["top5_loc_all_contours"] = pct(classified and stored[2], n_boxed)
         return out
+
     def curves(self) -> dict[str, list[float]]:
         """BoxAcc (percent) at each threshold: ``v1`` and ``v2_iou<δ>`` for each δ."""
         n_boxed = int(self.n_boxed.sum())
@@ -463,17 +348,3 @@ class LocalizationAccumulator:
             out["top1_loc"] = pct(self.stored_hits, (c, 1), n_boxed)
             out["top5_loc"] = pct(self.stored_hits, (c, 2), n_boxed)
         return out
-
-
-def ranked_classes(logits: np.ndarray, names: Sequence[str], k: int = 5) -> tuple[np.ndarray, list[dict]]:
-    """Softmax of one image's class logits (C,) and its top-``k`` classes, best first.
-
-    Returns ``(probs float64 (C,), [{"class", "class_name", "score"}, ...])``; scores are
-    rounded to 6 decimals; ties keep class order.
-    """
-    z = np.asarray(logits, np.float64)
-    z = np.exp(z - z.max())
-    probs = z / z.sum()
-    order = np.argsort(-probs, kind="stable")[:k]
-    return probs, [{"class": int(c), "class_name": names[int(c)], "score": round(float(probs[c]), 6)}
-                   for c in order]

@@ -36,6 +36,9 @@ class HeadConfig:
         width, depth, heads: decoder size.
         patch_head: ``mlp`` | ``linear``; patch_hidden: hidden units of the mlp.
         tau: temperature of the class logits.
+        fine_dim: channels of a finer stage packed into the grid (:mod:`tedloc.pipeline.fine_grid`;
+            ``in_dim`` counts them 4 times); 0 = none.  With it the maps are 2h×2w.
+        fine_width: width of the decoder's block at the fine grid.
     """
 
     in_dim: int
@@ -48,6 +51,8 @@ class HeadConfig:
     patch_head: str = "mlp"
     patch_hidden: int = 64
     tau: float = 0.07
+    fine_dim: int = 0
+    fine_width: int = 64
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,6 +114,28 @@ class _TransformerBlock(nn.Module):
         return tokens.transpose(1, 2).reshape(b, c, h, w)
 
 
+def _blocks(config: HeadConfig) -> nn.Sequential:
+    if config.decoder == "conv":
+        return nn.Sequential(*[_ConvBlock(config.width) for _ in range(config.depth)])
+    if config.decoder == "transformer":
+        return nn.Sequential(*[_TransformerBlock(config.width, config.heads) for _ in range(config.depth)])
+    raise ValueError(f"unknown decoder {config.decoder!r}")
+
+
+def build_decoder(config: HeadConfig) -> nn.Module:
+    """D for the config: :class:`Decoder`, or for a grid with a packed fine stage
+    (``fine_dim``) :class:`tedloc.pipeline.fine_grid.FineDecoder` around the same projection
+    and blocks (``linear``: the projection alone)."""
+    if not config.fine_dim:
+        return Decoder(config)
+    from tedloc.pipeline.fine_grid import FACTOR, FineDecoder
+
+    coarse_dim = config.in_dim - FACTOR * FACTOR * config.fine_dim
+    trunk = nn.Sequential(nn.Conv2d(coarse_dim, config.width, 1),
+                          *(_blocks(config) if config.decoder != "linear" else ()))
+    return FineDecoder(trunk, config.width, config.fine_dim, config.fine_width, config.embed_dim)
+
+
 class Decoder(nn.Module):
     """D: float (B, h, w, c) -> float (B, h, w, d)."""
 
@@ -120,13 +147,7 @@ class Decoder(nn.Module):
             self.out = nn.Conv2d(config.in_dim, config.embed_dim, 1)
             return
         self.proj = nn.Conv2d(config.in_dim, config.width, 1)
-        if config.decoder == "conv":
-            blocks = [_ConvBlock(config.width) for _ in range(config.depth)]
-        elif config.decoder == "transformer":
-            blocks = [_TransformerBlock(config.width, config.heads) for _ in range(config.depth)]
-        else:
-            raise ValueError(f"unknown decoder {config.decoder!r}")
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = _blocks(config)
         self.norm = nn.GroupNorm(1, config.width)
         self.out = nn.Conv2d(config.width, config.embed_dim, 1)
 
@@ -186,13 +207,19 @@ class TedLocHead(nn.Module):
             raise ValueError(f"anchors {tuple(anchors.shape)} do not match "
                              f"{config.num_classes} classes × d={config.embed_dim}")
         self.config = config
-        self.decoder = Decoder(config)
+        self.decoder = build_decoder(config)
         self.patch_classifier = PatchClassifier(config)
         # Frozen: anchors are not parameters; saved with the state dict.
         self.register_buffer("anchors", anchors.clone())
 
+    def map_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the maps for an encoder grid of (h, w): twice as fine with a packed stage."""
+        factor = 2 if self.config.fine_dim else 1
+        return factor * int(grid[0]), factor * int(grid[1])
+
     def forward(self, grid: torch.Tensor) -> HeadOutput:
-        """grid: float (B, h, w, c) frozen features -> :class:`HeadOutput`."""
+        """grid: float (B, h, w, c) frozen features -> :class:`HeadOutput` (maps on
+        :meth:`map_grid`)."""
         z = self.decoder(grid)
         patch_logits = self.patch_classifier(z)
         embedding = aggregate(z.float(), torch.sigmoid(patch_logits.float()))

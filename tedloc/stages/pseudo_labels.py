@@ -158,6 +158,7 @@ def _finish(config: Config, writer: ShardedWriter, dataset: Dataset, records: Se
         "input_size": encoder.input_size,
         "grid": list(encoder.grid),
         "feature_dim": encoder.feature_dim,
+        "fine_dim": encoder.fine_dim,  # a finer stage packed into the grid (tedloc.pipeline.fine_grid)
         "method": plan.method,
         "dataset": writer.header.config["dataset"],  # absolute: later stages read it from anywhere
         "split": config.split,

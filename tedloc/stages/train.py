@@ -126,6 +126,7 @@ def _run(config: Config, workdir: Path, overwrite: bool, on_epoch_end, ddp: Dist
 def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index: PseudoLabelIndex,
            state: dict[str, Any] | None, on_epoch_end, ddp: DistContext) -> Path:
     """The epoch loop (from ``state`` when resuming), then :func:`_finish` on rank 0."""
+    from tedloc.pipeline.fine_grid import upsample_maps
     from tedloc.pipeline.model import HeadConfig, TedLocHead
     from tedloc.pipeline.progress import progress
 
@@ -138,7 +139,8 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
 
     head_config = HeadConfig(in_dim=source.feature_dim, embed_dim=text.dim, num_classes=text.num_classes,
                              decoder=config.decoder, width=config.width, depth=config.depth, heads=config.heads,
-                             patch_head=config.patch_head, patch_hidden=config.patch_hidden, tau=config.tau)
+                             patch_head=config.patch_head, patch_hidden=config.patch_hidden, tau=config.tau,
+                             fine_dim=index.fine_dim, fine_width=config.fine_width)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         head = TedLocHead(head_config, torch.from_numpy(text.anchors))
@@ -173,7 +175,8 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
     if ddp.main and history:
         write_train_log(stage_dir / LOG, history)
 
-    cams = torch.from_numpy(index.cams)
+    cams = upsample_maps(torch.from_numpy(index.cams), head.map_grid(index.grid))  # patches are the head's
+    fg_level = index.region_level() if config.fg_region else None
     labels = torch.from_numpy(index.labels)
     common = dict(config=config, header=header, class_names=text.class_names, index=index)
     for epoch in range(start_epoch, config.epochs):
@@ -184,7 +187,7 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
         bar = progress(total=len(plan), desc=f"train: epoch {epoch + 1}/{config.epochs}", unit="batch",
                        disable=not (ddp.main and config.progress), leave=False)
         sums = train_epoch(config, model, head, source, plan, cams=cams, labels=labels, optimizer=optimizer,
-                           scheduler=scheduler, generator=generator, bar=bar)
+                           scheduler=scheduler, generator=generator, bar=bar, fg_level=fg_level)
         bar.close()
         step += len(plan)
         row = epoch_row(ddp.all_reduce(sums), epoch=epoch, lr=float(scheduler.get_last_lr()[0]),

@@ -49,10 +49,11 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int) -> float:
 
 def train_epoch(config: Config, model: torch.nn.Module, head, source: FeatureSource, plan: list[Batch], *,
                 cams: torch.Tensor, labels: torch.Tensor, optimizer, scheduler, generator: torch.Generator,
-                bar) -> torch.Tensor:
+                bar, fg_level: float | None = None) -> torch.Tensor:
     """One optimizer step per batch of ``plan``: FG/BG patches drawn from the (flipped where
-    the image is) pseudo-label maps ``cams`` float (N, h, w), the TeD-Loc losses against
-    ``labels`` int64 (N,).  Returns this rank's float64 sums (:data:`SUMS`)."""
+    the image is) pseudo-label maps ``cams`` float (N, h, w) on the head's grid, FG among
+    patches ≥ ``fg_level`` (the maps' region; None: the top ``p_fg`` alone), the TeD-Loc losses
+    against ``labels`` int64 (N,).  Returns this rank's float64 sums (:data:`SUMS`)."""
     weights = LossWeights(kd=config.lambda_kd, p=config.lambda_p, i=config.lambda_i)
     device = source.device
     sums = torch.zeros(len(SUMS), dtype=torch.float64)
@@ -63,8 +64,9 @@ def train_epoch(config: Config, model: torch.nn.Module, head, source: FeatureSou
         flip = torch.as_tensor(flips, dtype=torch.bool)
         if flip.any():
             cam[flip] = cam[flip].flip(-1)
-        sample = sample_patches(cam, n_fg=config.n_fg, n_bg=config.n_bg, p_fg=config.p_fg,
-                                p_bg=config.p_bg, generator=generator)
+        sample = sample_patches(cam, n_fg=config.n_fg, n_bg=config.n_bg, p_fg=config.p_fg, p_bg=config.p_bg,
+                                fg_level=fg_level, bg_level=config.bg_level if config.bg_level < 1 else None,
+                                generator=generator)
         sample.fg, sample.bg = sample.fg.to(device), sample.bg.to(device)
         with source.autocast():
             out = model(grids)
