@@ -54,6 +54,17 @@ def write_header_attrs(handle: h5py.File, header: ArtifactHeader) -> None:
         handle.attrs[key] = value
 
 
+def stored_identity(handle: h5py.File) -> str:
+    """The :attr:`ArtifactHeader.identity` an HDF5 file was written with (``"None/None"``
+    for a file without header attributes, which matches no run)."""
+    return f"{handle.attrs.get('config_hash')}/{handle.attrs.get('upstream_hash')}"
+
+
+def stored_image_ids(handle: h5py.File) -> list[str]:
+    """The file's ``image_ids`` dataset as str, in row order."""
+    return [s.decode() if isinstance(s, bytes) else s for s in handle["image_ids"][()]]
+
+
 def check_format(where: Path, found_format: Any, found_version: Any, expected_format: str,
                  supported_versions: Sequence[int]) -> None:
     """Refuse an artifact of another format or an unknown version."""

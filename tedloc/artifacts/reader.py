@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from tedloc.artifacts import integrity
-from tedloc.artifacts.header import check_format, redo_hint
+from tedloc.artifacts.header import check_format, redo_hint, stored_image_ids
 from tedloc.artifacts.manifest import (
     _CHECK_THREADS,
     MANIFEST,
@@ -82,7 +82,7 @@ class ShardedReader:
             except ArtifactError:
                 self.close()
                 raise
-            ids = [s.decode() if isinstance(s, bytes) else s for s in handle["image_ids"][()]]
+            ids = stored_image_ids(handle)
             for row, image_id in enumerate(ids):
                 self._index[image_id] = (file_index, row)
                 self.ids.append(image_id)

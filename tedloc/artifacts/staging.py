@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tedloc.artifacts.header import check_format
+from tedloc.artifacts.header import check_format, stored_identity, stored_image_ids
 from tedloc.artifacts.integrity import file_problem
 from tedloc.artifacts.io_strategy import DEFAULT, IOStrategy
 from tedloc.artifacts.manifest import owner_of
@@ -124,8 +124,8 @@ def scan_encoded(directory: str | Path, identity: str, *, overwrite: bool = Fals
             with h5py.File(path, "r") as handle:
                 check_format(path, handle.attrs.get("format"), handle.attrs.get("format_version"),
                              ENCODED_FORMAT, SUPPORTED_VERSIONS)
-                file_identity = f"{handle.attrs.get('config_hash')}/{handle.attrs.get('upstream_hash')}"
-                ids = [s.decode() if isinstance(s, bytes) else s for s in handle["image_ids"][()]]
+                file_identity = stored_identity(handle)
+                ids = stored_image_ids(handle)
                 skipped = json.loads(handle.attrs.get("skipped_json", "{}"))
                 contents = tuple(json.loads(handle.attrs.get("contents", "[]")))
         except FileNotFoundError:

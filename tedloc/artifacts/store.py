@@ -51,6 +51,8 @@ from tedloc.artifacts.header import (  # noqa: F401 (the store's names, wherever
     overwrite_hint,
     redo_hint,
     stage_command,
+    stored_identity,
+    stored_image_ids,
     write_header_attrs,
 )
 from tedloc.artifacts.lock import StageLock
@@ -234,8 +236,8 @@ class ShardedWriter:
                 with h5py.File(path, "r") as handle:
                     check_format(path, handle.attrs.get("format"), handle.attrs.get("format_version"),
                                  self.header.format, self.supported_versions)
-                    found = f"{handle.attrs.get('config_hash')}/{handle.attrs.get('upstream_hash')}"
-                    ids = [s.decode() if isinstance(s, bytes) else s for s in handle["image_ids"][()]]
+                    found = stored_identity(handle)
+                    ids = stored_image_ids(handle)
                     skipped = json.loads(handle.attrs.get("skipped_json", "{}"))
             except ArtifactError:
                 if not overwrite:
