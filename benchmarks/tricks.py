@@ -16,11 +16,13 @@ Tricks (off = what the stage does without it; outputs are the same either way):
 * ``keep_freed_memory``: the config's ``cpu_keep_freed_memory=false`` (malloc's defaults);
 * ``small_forwards``: forwards of the whole decoded batch (``forward_batch_size`` = the batch)
   instead of 2 images (+ 2 flips) on a CPU;
-* ``one_thread_maps``: the maps step on torch's usual threads instead of one.
+* ``one_thread_maps``: the maps step on torch's usual threads instead of one;
+* ``decode_threads``: decoding in 2 DataLoader worker processes instead of threads of the
+  stage's process between forwards (``num_workers``).
 
-Five more (direct I/O of staged grids, dropping their pages from the page cache, writer
-threads, a chunked CAM path beside the one-image one, decoding threads) bought under 5 % and
-were removed; ``--trees`` compares code from before and after (``benchmarks/RESULTS.md``).
+Four more (direct I/O of staged grids, dropping their pages from the page cache, writer
+threads, a chunked CAM path beside the one-image one) bought under 5 % and were removed;
+``--trees`` compares code from before and after (``benchmarks/RESULTS.md``).
 
 Prints one line per run and, per trick, the saving of each pair (1 - with / without).
 """
@@ -41,7 +43,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TRICKS = ("link_grid_files", "keep_freed_memory", "small_forwards", "one_thread_maps")
+TRICKS = ("link_grid_files", "keep_freed_memory", "small_forwards", "one_thread_maps", "decode_threads")
 IO_SWITCHES = ("link_grid_files",)
 
 
@@ -69,6 +71,8 @@ def child(args) -> dict:
         from tedloc.stages import pseudo_labels_maps
 
         pseudo_labels_maps.torch_threads = lambda count: contextlib.nullcontext()
+    elif off == "decode_threads":
+        values["num_workers"] = 2
     workdir = Path(tempfile.mkdtemp(prefix="tedloc-bench-tricks-"))
     try:
         cpu = _cpu_seconds()

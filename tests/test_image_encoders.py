@@ -15,7 +15,6 @@ from tedloc.pipeline.image_encoders import (
 )
 from tedloc.pipeline.image_loader import (
     ACCELERATOR_DECODE_WORKERS,
-    CPU_DECODE_WORKERS,
     cpu_count,
     make_image_loader,
     resolve_decode_workers,
@@ -143,24 +142,25 @@ def test_image_loader_batches_and_bad_images(tmp_path, workers):
 
 
 def test_in_process_decoding_gives_the_worker_batches(tmp_path):
-    """num_workers=0 decodes each batch in this process: the same batches, in the same
-    order, as DataLoader workers."""
+    """num_workers=0 decodes each batch in threads of this process: the same batches, in the
+    same order, as DataLoader workers."""
     root = make_wsol_tree(tmp_path, splits={"train": 7})
     dataset = read_wsol(root, "train")
 
-    def batches(workers):
-        return list(make_image_loader(dataset, dataset.records, input_size=24, batch_size=3, num_workers=workers))
+    def batches(workers, threads=0):
+        return list(make_image_loader(dataset, dataset.records, input_size=24, batch_size=3,
+                                      num_workers=workers, decode_threads=threads))
 
-    in_process, workers = batches(0), batches(2)
-    assert [b.ids for b in in_process] == [b.ids for b in workers] and len(in_process) == 3
-    for a, b in zip(in_process, workers, strict=True):
+    threaded, workers = batches(0, threads=4), batches(2)
+    assert [b.ids for b in threaded] == [b.ids for b in workers] and len(threaded) == 3
+    for a, b in zip(threaded, workers, strict=True):
         assert torch.equal(a.pixels, b.pixels)
         assert np.array_equal(a.labels, b.labels) and np.array_equal(a.sizes, b.sizes)
     assert len(make_image_loader(dataset, dataset.records, input_size=24, batch_size=3, num_workers=0)) == 3
 
 
 def test_decode_workers_auto_by_device():
-    assert resolve_decode_workers(-1, torch.device("cpu")) == CPU_DECODE_WORKERS
+    assert resolve_decode_workers(-1, torch.device("cpu")) == 0
     assert resolve_decode_workers(-1, torch.device("cuda")) == min(ACCELERATOR_DECODE_WORKERS, cpu_count())
     assert resolve_decode_workers(3, torch.device("cpu")) == 3
     assert resolve_decode_workers(0, torch.device("cuda")) == 0

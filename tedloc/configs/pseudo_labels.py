@@ -106,8 +106,7 @@ class Config(StageConfig):
     # auto: none on a CPU (each batch is decoded between forwards, in threads: worker
     # processes decoding beside a CPU forward slowed it by ~20% on 2 cores), 8 (at most one
     # per CPU) on an accelerator.  See tedloc/pipeline/image_loader.py.
-    num_workers: int = option(-1, "Image decoding worker processes (-1 = auto: 2 on a CPU, up to 8 on an "
-                                  "accelerator; 0 = decode in the main process).")
+    num_workers: int = option(-1, "Image decoding worker processes (-1 = auto, 0 = decode in the main process).")
     device: str = option("auto", "Device: cpu, cuda, cuda:N or auto.")
     # 0 / -1 = from torchrun's WORLD_SIZE / RANK, else a single process.
     num_shards: int = option(0, "Processes splitting the images (0 = WORLD_SIZE or 1).")

@@ -1,10 +1,17 @@
 """Batches of decoded, resized images from a dataset, decoded in DataLoader worker
-processes (or, with ``num_workers=0``, in the calling process).
+processes or in threads of the calling process.
 
-Decoding (JPEG/PNG) and resizing are the CPU-heavy part of running a frozen encoder; they
-run in ``num_workers`` processes, reading ahead, while the main process feeds the encoder
-(:func:`resolve_decode_workers` turns "auto" into a count).  Normalization is left to the
-encoder (:meth:`ImageEncoder.normalize`) so that it runs on the device.
+Decoding (JPEG/PNG) and resizing are the CPU-heavy part of running a frozen encoder.  Where
+the encoder runs on an accelerator they run in ``num_workers`` processes while the main
+process feeds it.  Where the encoder runs on the CPU, worker processes decoding beside the
+forward preempt its intra-op threads, and every thread of a forward waits for the slowest:
+on a 2-core machine two workers slowed EfficientNet-Lite0's forward by about 20% for about
+2 ms of decoding per image.  There ``num_workers=0`` decodes each batch in the calling
+process when it is asked for, between forwards, with ``decode_threads`` threads (OpenCV
+releases the GIL), so decoding takes its own short turn on every core instead of
+interrupting the forward.  :func:`resolve_decode_workers` picks between the two.
+Normalization is left to the encoder (:meth:`ImageEncoder.normalize`) so that it runs on
+the device.
 
 A bad image (missing, empty, undecodable) is reported per image in ``ImageBatch.bad``
 rather than raised in a worker, so that the caller decides: ``on_bad_image="fail"`` raises
@@ -17,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +37,7 @@ from tedloc.errors import InputError, TedlocError
 from tedloc.pipeline.workers import loader_worker_init
 
 ON_BAD_IMAGE = ("fail", "skip")
-#: Decoding processes when ``num_workers`` is "auto" (-1): on a CPU (beside the forward's own
-#: threads) and on an accelerator (at most one per CPU).
-CPU_DECODE_WORKERS = 2
+#: Decoding processes when ``num_workers`` is "auto" (-1) and the encoder is on an accelerator.
 ACCELERATOR_DECODE_WORKERS = 8
 
 
@@ -44,13 +50,13 @@ def cpu_count() -> int:
 
 
 def resolve_decode_workers(num_workers: int, device: torch.device) -> int:
-    """Decoding processes: ``num_workers`` when ≥ 0; for -1 ("auto")
-    :data:`CPU_DECODE_WORKERS` when the encoder runs on the CPU, else
+    """Decoding processes: ``num_workers`` when ≥ 0; for -1 ("auto") 0 (decode in this
+    process, between forwards) when the encoder runs on the CPU, else
     ``min(ACCELERATOR_DECODE_WORKERS, CPUs)``."""
     if num_workers >= 0:
         return num_workers
     if device.type == "cpu":
-        return CPU_DECODE_WORKERS
+        return 0
     return min(ACCELERATOR_DECODE_WORKERS, cpu_count())
 
 
@@ -131,6 +137,33 @@ class _Collate:
         )
 
 
+class _InProcessBatches:
+    """Batches decoded in the calling process, each when it is asked for (nothing is read
+    ahead, so decoding never runs beside the caller's own work), its images spread over
+    ``threads`` threads.  Same batches, in the same order, as the DataLoader."""
+
+    def __init__(self, images: _ResizedImages, collate: _Collate, batch_size: int, threads: int,
+                 pin_memory: bool):
+        self.images = images
+        self.collate = collate
+        self.batch_size = batch_size
+        self.threads = threads
+        self.pin_memory = pin_memory
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __iter__(self) -> Iterator[ImageBatch]:
+        total = len(self.images)
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tedloc-decode") as pool:
+            for start in range(0, total, self.batch_size):
+                items = pool.map(self.images.__getitem__, range(start, min(total, start + self.batch_size)))
+                batch = self.collate(list(items))
+                if self.pin_memory:
+                    batch.pixels = batch.pixels.pin_memory()
+                yield batch
+
+
 class ImageLoader:
     """Iterable of :class:`ImageBatch`; raises the first bad image's InputError when
     ``on_bad_image == "fail"`` (in the calling process, where the error type survives)."""
@@ -152,7 +185,7 @@ class ImageLoader:
 
 def make_image_loader(dataset: Dataset, records: Sequence[Record], *, input_size: int,
                       batch_size: int, num_workers: int = 2, on_bad_image: str = "fail",
-                      pin_memory: bool | None = None) -> ImageLoader:
+                      pin_memory: bool | None = None, decode_threads: int = 0) -> ImageLoader:
     """Batches (:class:`ImageBatch`) of ``records``, in order, no shuffling.
 
     Args:
@@ -162,11 +195,13 @@ def make_image_loader(dataset: Dataset, records: Sequence[Record], *, input_size
         batch_size: images per batch (the last one may be smaller, or smaller still after
             bad images are removed).
         num_workers: decoding processes (a DataLoader's workers, reading ahead); 0 decodes
-            each batch in the calling process when it is asked for.
+            each batch in the calling process when it is asked for, with ``decode_threads``
+            threads (see the module docstring; :func:`resolve_decode_workers`).
         on_bad_image: ``"fail"`` raise the InputError naming the file; ``"skip"`` report it
             in ``ImageBatch.bad``.
         pin_memory: page-locked batches for faster host-to-GPU copies (default: when CUDA
             is available).
+        decode_threads: threads decoding a batch when ``num_workers`` is 0 (0 = one per CPU).
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
@@ -175,16 +210,18 @@ def make_image_loader(dataset: Dataset, records: Sequence[Record], *, input_size
         pin_memory = torch.cuda.is_available()
     images = _ResizedImages(dataset, records, input_size)
     collate = _Collate(records, input_size)
-    workers = max(0, num_workers)
+    if num_workers <= 0:
+        return ImageLoader(_InProcessBatches(images, collate, max(1, batch_size), decode_threads or cpu_count(),
+                                             pin_memory), on_bad_image)
     loader = DataLoader(
         images,
         batch_size=max(1, batch_size),
         shuffle=False,
-        num_workers=workers,
+        num_workers=num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
         # Two batches in flight per worker keep the device busy without holding many images.
-        prefetch_factor=2 if workers else None,
-        worker_init_fn=loader_worker_init() if workers else None,
+        prefetch_factor=2,
+        worker_init_fn=loader_worker_init(),
     )
     return ImageLoader(loader, on_bad_image)
