@@ -3,8 +3,7 @@
     python benchmarks/checksums.py [--mb 500] [--repeats 3] [--folder DIR]
 
 Writes a staging file of feature grids (the pseudo-labels stage's largest files: Lite0's
-14×14×1392 float16 rows, features and flipped features, one row per chunk, written past the
-page cache as the stage writes them) of about ``--mb`` MB through the stage's own writer, then
+14×14×1392 float16 rows, features and flipped features, one row per chunk) of about ``--mb`` MB through the stage's own writer, then
 times, each ``--repeats`` times (median, and the range):
 
 * sealing it: reading it back once and writing its checksum block, as every file HDF5 writes
@@ -16,8 +15,7 @@ times, each ``--repeats`` times (median, and the range):
   from the page cache first (as after the stage wrote it) and with them cached;
 * checking a checkpoint (the CRC-32 of each zip record) of the train stage's size.
 
-The folder must be on a disk (not tmpfs) for the direct reads; default: the system's
-temporary folder.
+Default folder: the system's temporary folder.
 """
 
 from __future__ import annotations
@@ -72,7 +70,6 @@ def main() -> int:
 
     from tedloc.artifacts.atomic import BackgroundCommitter
     from tedloc.artifacts.checkpoint import save_checkpoint
-    from tedloc.artifacts.direct_io import aligned_rows
     from tedloc.artifacts.integrity import USERBLOCK, file_problem, seal_file
     from tedloc.artifacts.staging_writer import EncodedFileWriter
     from tedloc.artifacts.store import ArtifactHeader
@@ -83,12 +80,11 @@ def main() -> int:
     row_bytes = int(np.prod(row)) * 2
     images = max(1, args.mb * 10**6 // (2 * row_bytes))
     rng = np.random.default_rng(0)
-    grids = aligned_rows(32, row, np.float16)
-    grids[:] = rng.standard_normal(grids.shape).astype(np.float16)
+    grids = rng.standard_normal((32, *row)).astype(np.float16)
     header = ArtifactHeader("tedloc.pseudo_labels", 1, {}, "bench")
     path = folder / "part000of001-00000.h5"
     start = time.perf_counter()
-    with BackgroundCommitter(drop_cache=True) as committer:
+    with BackgroundCommitter() as committer:
         writer = EncodedFileWriter(path, header, part=0, num_parts=1, seq=0, committer=committer,
                                    expected_grid_bytes=images * 2 * row_bytes)
         for first in range(0, images, 32):

@@ -1,7 +1,7 @@
 """What each speed trick of the pseudo-labels stage buys: the stage with the trick and without
 it, run after run, interleaved (with, without, with, without, ...), on the same images.
 
-    python benchmarks/tricks.py --tricks direct_io keep_freed_memory --pairs 3
+    python benchmarks/tricks.py --tricks link_grid_files keep_freed_memory --pairs 3
     python benchmarks/tricks.py --trees /tmp/main-tree . --pairs 3     # two versions of the code
 
 Every run is a fresh process (``--child``), so a process-wide setting (malloc's) never
@@ -12,16 +12,17 @@ every run is printed, so that an effect can be told from the noise, or not.
 
 Tricks (off = what the stage does without it; outputs are the same either way):
 
-* ``direct_io``, ``drop_staged_pages``, ``background_writes``, ``link_grid_files``: the
-  switches of :class:`tedloc.artifacts.io_strategy.IOStrategy`, off one at a time;
+* ``link_grid_files``: the switch of :class:`tedloc.artifacts.io_strategy.IOStrategy`;
 * ``keep_freed_memory``: the config's ``cpu_keep_freed_memory=false`` (malloc's defaults);
-* ``cams_one_by_one``: CAMs of 16 images at a time on the CPU too
-  (``tedloc.pipeline.grid_cams``);
 * ``small_forwards``: forwards of the whole decoded batch (``forward_batch_size`` = the batch)
   instead of 2 images (+ 2 flips) on a CPU;
 * ``one_thread_maps``: the maps step on torch's usual threads instead of one;
 * ``decode_threads``: decoding in 2 DataLoader worker processes instead of threads of the
   stage's process between forwards (``num_workers``).
+
+Four more (direct I/O of staged grids, dropping their pages from the page cache, writer
+threads, a chunked CAM path beside the one-image one) bought under 5 % and were removed;
+``--trees`` compares code from before and after (``benchmarks/RESULTS.md``).
 
 Prints one line per run and, per trick, the saving of each pair (1 - with / without).
 """
@@ -42,9 +43,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TRICKS = ("direct_io", "drop_staged_pages", "background_writes", "link_grid_files", "keep_freed_memory",
-          "cams_one_by_one", "small_forwards", "one_thread_maps", "decode_threads")
-IO_SWITCHES = ("direct_io", "drop_staged_pages", "background_writes", "link_grid_files")
+TRICKS = ("link_grid_files", "keep_freed_memory", "small_forwards", "one_thread_maps", "decode_threads")
+IO_SWITCHES = ("link_grid_files",)
 
 
 def child(args) -> dict:
@@ -65,10 +65,6 @@ def child(args) -> dict:
         io_strategy.DEFAULT = dataclasses.replace(io_strategy.DEFAULT, **{off: False})
     elif off == "keep_freed_memory":
         values["cpu_keep_freed_memory"] = False
-    elif off == "cams_one_by_one":
-        from tedloc.pipeline import grid_cams
-
-        grid_cams._cams_one_by_one = grid_cams._cams_in_chunks
     elif off == "small_forwards":
         values["forward_batch_size"] = Config().batch_size
     elif off == "one_thread_maps":

@@ -93,7 +93,7 @@ def test_background_commits_appear_after_wait_in_order(tmp_path):
 
 
 def test_a_failed_background_commit_names_the_file_and_leaves_no_tmp(tmp_path, monkeypatch):
-    def full_disk_fsync(path, drop_cache=False):
+    def full_disk_fsync(path):
         raise OSError(errno.ENOSPC, "fsync failed")
 
     monkeypatch.setattr(atomic, "_fsync_file", full_disk_fsync)
@@ -108,21 +108,9 @@ def test_a_failed_background_commit_names_the_file_and_leaves_no_tmp(tmp_path, m
 
 def test_an_exception_in_flight_is_not_replaced_by_a_commit_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "_fsync_file",
-                        lambda path, drop_cache=False: (_ for _ in ()).throw(OSError(errno.EIO, "io")))
+                        lambda path: (_ for _ in ()).throw(OSError(errno.EIO, "io")))
     with pytest.raises(KeyboardInterrupt):
         with BackgroundCommitter() as committer:
             _write(tmp_path / "a.h5", committer=committer)
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
-
-
-def test_a_commit_that_drops_the_cache_keeps_the_contents(tmp_path, monkeypatch):
-    calls = []
-    real = atomic._fsync_file
-    monkeypatch.setattr(atomic, "_fsync_file", lambda path, drop_cache=False: (calls.append(drop_cache),
-                                                                               real(path, drop_cache=drop_cache)))
-    with BackgroundCommitter(drop_cache=True) as committer:
-        _write(tmp_path / "grids.h5", committer=committer)
-    assert calls == [True]
-    with h5py.File(tmp_path / "grids.h5", "r") as handle:
-        np.testing.assert_array_equal(handle["features"][()], GRIDS)

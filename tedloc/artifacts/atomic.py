@@ -38,13 +38,10 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
-def _fsync_file(path: Path, *, drop_cache: bool = False) -> None:
+def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-        if drop_cache and hasattr(os, "posix_fadvise"):
-            # Clean after the fsync, so the kernel frees the pages at once (see BackgroundCommitter).
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
@@ -59,10 +56,9 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def commit_tmp(tmp: Path, final: Path, *, drop_cache: bool = False) -> None:
-    """fsync ``tmp`` and atomically move it to ``final`` (``drop_cache``: then let the kernel
-    free the file's cached pages)."""
-    _fsync_file(tmp, drop_cache=drop_cache)
+def commit_tmp(tmp: Path, final: Path) -> None:
+    """fsync ``tmp`` and atomically move it to ``final``."""
+    _fsync_file(tmp)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
 
@@ -110,8 +106,8 @@ def has_room_for(directory: str | Path, size: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: str | Path, *, size_hint: int = 0, committer: BackgroundCommitter | None = None,
-              align_large: int = 1) -> Iterator[h5py.File]:
+def atomic_h5(path: str | Path, *, size_hint: int = 0,
+              committer: BackgroundCommitter | None = None) -> Iterator[h5py.File]:
     """Open a new HDF5 file for writing that appears at ``path`` only once closed.
 
     Small files (and any file on a disk short of room) are built in memory (HDF5's ``core``
@@ -133,16 +129,13 @@ def atomic_h5(path: str | Path, *, size_hint: int = 0, committer: BackgroundComm
     Args:
         size_hint: expected size of the file in bytes (0: unknown, built in memory).
         committer: defer the fsync and rename to this committer's thread.
-        align_large: in a file written straight to disk, objects of 4 KiB or more (chunks
-            of feature grids) start at a multiple of this many bytes (1: packed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # so that its disk can be asked
     direct = size_hint >= DIRECT_WRITE_MIN_BYTES and has_room_for(path.parent, size_hint)
     with atomic_path(path, committer=committer) as tmp:
         if direct:
-            alignment = {"alignment_threshold": 4096, "alignment_interval": align_large} if align_large > 1 else {}
-            with h5py.File(str(tmp), "w", userblock_size=USERBLOCK, **alignment) as handle:
+            with h5py.File(str(tmp), "w", userblock_size=USERBLOCK) as handle:
                 yield handle
             seal_file(tmp)  # reads the file back once, before it is put in place
             return
@@ -167,22 +160,14 @@ class BackgroundCommitter:
     removes.  :meth:`wait` blocks until every file submitted is in place and raises the
     first failure as a one-line ``OSError`` naming the final file.  As a context manager
     it waits on exit (without raising its own failure over an exception already raised).
-
-    With ``drop_cache`` each file's pages leave the page cache once it is on disk, and the
-    next files written reuse them: for a stream of large files read back later, if at all,
-    straight from the disk (:mod:`tedloc.artifacts.direct_io`). Page-cache pages touched for
-    the first time are costly where memory is given to the machine lazily, as on a VM: there,
-    700 MB took 2 s to write into new pages, 0.14 s into recycled ones, and 280 MB read back
-    from disk in 0.2 s.
     """
 
-    def __init__(self, *, drop_cache: bool = False) -> None:
+    def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tedloc-commit")
         self._pending: list[Future] = []
-        self.drop_cache = drop_cache
 
     def submit(self, tmp: Path, final: Path) -> None:
-        self._pending.append(self._pool.submit(_commit_or_clean, Path(tmp), Path(final), self.drop_cache))
+        self._pending.append(self._pool.submit(_commit_or_clean, Path(tmp), Path(final)))
 
     def wait(self) -> None:
         pending, self._pending = self._pending, []
@@ -206,9 +191,9 @@ class BackgroundCommitter:
             self._pool.shutdown(wait=True)
 
 
-def _commit_or_clean(tmp: Path, final: Path, drop_cache: bool = False) -> None:
+def _commit_or_clean(tmp: Path, final: Path) -> None:
     try:
-        commit_tmp(tmp, final, drop_cache=drop_cache)
+        commit_tmp(tmp, final)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -20,7 +20,7 @@ A manifest's ``checksums`` lists every file of the finished stage (relative path
 found too.  CRC-32 catches every change of up to 32 consecutive bits and misses a random
 change with probability 2⁻³²: it finds damage, it is no defence against tampering.  zlib's
 CRC-32 runs at about 3.6 GB/s on one core here; files of 16 MiB or more are read past the
-page cache (``O_DIRECT``), like the feature grids they hold (``benchmarks/checksums.py``).
+page cache (``O_DIRECT``: their pages would be new to the page cache; ``benchmarks/checksums.py``).
 HDF5 files written before tedloc recorded checksums (no user block) are read as before,
 unverified.
 """
@@ -40,7 +40,7 @@ from typing import Any
 from tedloc.errors import DamagedFileError
 
 #: Bytes reserved at the start of every HDF5 file for its checksum line (an HDF5 user block:
-#: a power of two of at least 512; 4096 keeps the file's 4 KiB-aligned chunks aligned on disk).
+#: a power of two of at least 512).
 USERBLOCK = 4096
 _MAGIC = b"tedloc-checksum 1 "
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -3,19 +3,15 @@ staged per ``shard_size`` images in ``<stage dir>/encoded/`` (:mod:`tedloc.artif
 
 Each batch: decode (:func:`~tedloc.stages.pseudo_labels_plan.image_loader`), run the encoder
 on ``[k images; k flipped images]`` (:func:`~tedloc.pipeline.forwards.encode_batch`), round
-the grids into a buffer pair from the strategy's pool, and hand the rows to the staging
-file's writer, which writes them while the encoder runs the next batch and gives the pair
-back once written.  A full file is closed in its writer's thread, then fsynced and renamed.
+the grids into one reused buffer pair, and write the rows into the staging file before the
+next batch.  A full file is closed, then fsynced and renamed by the committer's thread.
 A killed run resumes with the images not staged (:func:`staging_files`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +73,8 @@ def encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: Seq
     numbered from ``first_seq``; returns their entries, every file on disk."""
     h, w = encoder.grid
     grid_bytes = h * w * encoder.feature_dim * 2 * (int(plan.stage_grid) + int(plan.stage_flip))  # per image
-    buffers = (io.grid_buffers(min(config.batch_size, len(records)), (h, w, encoder.feature_dim),
-                               flip=plan.stage_flip) if plan.stage_grid else None)
+    pair = (io.grid_buffers(min(config.batch_size, len(records)), (h, w, encoder.feature_dim),
+                            flip=plan.stage_flip) if plan.stage_grid else None)
     loader = image_loader(config, encoder, dataset, records)
     with io.committer() as committer:
         files = _StagingSeries(
@@ -92,9 +88,8 @@ def encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: Seq
             for batch in progress(loader, desc="pseudo-labels: encode", unit="batch"):
                 if batch.bad:
                     log.warning("skipping %d unreadable image(s): %s", len(batch.bad), "; ".join(batch.bad.values()))
-                pair = buffers.acquire() if buffers is not None and len(batch) else None
-                arrays = staged_arrays(encoder, batch, plan, pair)
-                files.append(batch, arrays, on_written=None if pair is None else functools.partial(buffers.release, pair))
+                # The rows are written before the next batch refills the pair.
+                files.append(batch, staged_arrays(encoder, batch, plan, pair))
             return files.close()
         except BaseException:
             files.abort()
@@ -126,8 +121,7 @@ def staged_arrays(encoder: ImageEncoder, batch: ImageBatch, plan: Plan, pair: Gr
 
 class _StagingSeries:
     """This part's staging files in order: a new one (``open_file(seq)``) for every
-    ``shard_size`` images, whole batches.  A full file is closed in its writer's thread
-    while the encoder goes on; files are collected in order once on disk."""
+    ``shard_size`` images, whole batches."""
 
     def __init__(self, open_file: Callable[[int], EncodedFileWriter], *, shard_size: int, first_seq: int,
                  on_progress: Progress | None):
@@ -136,49 +130,31 @@ class _StagingSeries:
         self.first_seq = first_seq
         self.on_progress = on_progress
         self.files: list[EncodedFile] = []
-        # Files being closed, in order, with the count of images done when each was full.
-        self.closing: list[tuple[Future, int]] = []
         self.current: EncodedFileWriter | None = None
         self.done = 0
 
-    def append(self, batch: ImageBatch, arrays: dict[str, np.ndarray],
-               on_written: Callable[[], None] | None) -> None:
+    def append(self, batch: ImageBatch, arrays: dict[str, np.ndarray]) -> None:
         if self.current is None:
-            self.current = self.open_file(self.first_seq + len(self.files) + len(self.closing))
-        self.current.append(batch.ids, arrays, batch.bad, on_written=on_written)
+            self.current = self.open_file(self.first_seq + len(self.files))
+        self.current.append(batch.ids, arrays, batch.bad)
         self.done += len(batch) + len(batch.bad)
         if self.current.num_images >= self.shard_size:
             self._close_current()
-        self._collect(wait=False)
 
     def close(self) -> list[EncodedFile]:
-        """Close the last file and wait for every file to be on disk; their entries."""
+        """Close the last file; the entries of every file (in place once the committer is done)."""
         if self.current is not None:
             self._close_current()
-        self._collect(wait=True)
         return self.files
 
     def abort(self) -> None:
-        """Discard the file being written; let the files being closed finish (committed or
-        cleaned up) before the committer exits."""
+        """Discard the file being written."""
         if self.current is not None:
             self.current.abort()
-        for future, _ in self.closing:
-            with contextlib.suppress(BaseException):
-                future.result()
+            self.current = None
 
     def _close_current(self) -> None:
-        self.closing.append((self.current.close_in_background(), self.done))
-        self.current = None
-        # With a progress callback, each file is on disk before the encoder goes on, so that
-        # a stop from the callback leaves exactly the files it was told of.
-        self._collect(wait=self.on_progress is not None)
-
-    def _collect(self, *, wait: bool) -> None:
-        """Index entries of the closed files, in order (raising a failed close's error)."""
-        while self.closing and (wait or self.closing[0][0].done()):
-            future, done_then = self.closing.pop(0)
-            self.files.append(future.result())
-            if self.on_progress is not None:
-                self.on_progress("encode", done_then)
-
+        current, self.current = self.current, None
+        self.files.append(current.close())
+        if self.on_progress is not None:
+            self.on_progress("encode", self.done)
