@@ -7,10 +7,14 @@ Variants (every other setting is the demo's, ``tedloc.stages.demo.stage_configs`
 * L_KD only: ``lambda_p = lambda_i = 0``;
 * L_KD + P_CL: ``lambda_i = 0``;
 * L_KD + P_CL + I_CL, the full method (the demo's training);
-* the full method on anchors that are not orthogonalized (text-embed ``orthogonalize = False``).
+* the full method on anchors that are not orthogonalized (text-embed ``orthogonalize = False``);
+* the full method reading images at the training size (train ``inference_scale = 1``; the
+  default reads them at twice that size).
 
-The CAM baseline (the pseudo-labels' CAM of the GT class) and the centre prior come with
-every evaluation; they do not depend on the variant or the seed.
+The CAM baseline (the pseudo-labels' CAM of the GT class, at their input size) and the centre
+prior come with every evaluation; they do not depend on the variant or the seed.  The full
+method's evaluations compute the CAM baseline at the model's inference size instead
+(evaluate ``baseline_input_size``): the like-for-like row.
 
 Artifacts are shared where the stages' identities allow it: pseudo-labels run once, text-embed
 once per ``orthogonalize`` setting (``<workdir>/upstream/``).  Each (variant, seed) run has its
@@ -78,6 +82,7 @@ class Variant:
     label: str
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     text_embed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    evaluate: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def upstream(self) -> str:
@@ -88,17 +93,23 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant("kd", "L_KD only", train={"lambda_p": 0.0, "lambda_i": 0.0}),
     Variant("kd_p", "L_KD + P_CL", train={"lambda_i": 0.0}),
-    Variant("full", "L_KD + P_CL + I_CL (full)"),
+    # The demo's inference size: Lite0's 224 × the default inference_scale 2.
+    Variant("full", "L_KD + P_CL + I_CL (full)", evaluate={"baseline_input_size": 448}),
     Variant("full_no_qr", "full, anchors not orthogonalized", text_embed={"orthogonalize": False}),
+    Variant("full_scale1", "full, images at the training size (inference_scale 1)", train={"inference_scale": 1}),
 )
 #: Rows that come with every evaluation (results.json method key -> row label).
 REFERENCE_ROWS = {"cam_baseline": "CAM baseline (GT-known map)", "centre_prior": "Centre prior (no learning)"}
+#: The CAM baseline of the full method's evaluations (at the model's inference size).
+CAM_AT_INFERENCE = ("cam_at_inference", "CAM baseline at the inference size (448)")
 #: (label, variant before, variant after): the differences the paper's ablation speaks about.
 COMPARISONS = (
     ("+ P_CL (L_KD + P_CL minus L_KD only)", "kd", "kd_p"),
     ("+ I_CL (full minus L_KD + P_CL)", "kd_p", "full"),
     ("QR orthogonalization (full minus full without it)", "full_no_qr", "full"),
     ("full minus the CAM baseline", "cam_baseline", "full"),
+    ("images at 2× the training size (full minus full at inference_scale 1)", "full_scale1", "full"),
+    ("full minus the CAM baseline at the inference size", "cam_at_inference", "full"),
 )
 
 
@@ -112,7 +123,8 @@ def run_configs(variant: Variant, seed: int) -> dict[str, Any]:
 
     configs = stage_configs(DemoConfig())
     overrides = {"text-embed": dict(variant.text_embed), "pseudo-labels": {},
-                 "train": {**variant.train, "seed": seed}, "evaluate": {"split": SPLIT, "name": EVALUATION}}
+                 "train": {**variant.train, "seed": seed},
+                 "evaluate": {**variant.evaluate, "split": SPLIT, "name": EVALUATION}}
     return {stage: dataclasses.replace(config, **overrides[stage]) for stage, config in configs.items()}
 
 
@@ -280,6 +292,9 @@ def _values(summary: Mapping[str, Any], row: str, path: Sequence[str]) -> list[f
 
     if row in REFERENCE_ROWS:
         return [dig(summary["runs"][0]["results"]["methods"][row])]
+    if row == CAM_AT_INFERENCE[0]:
+        full = [run for run in summary["runs"] if run["variant"] == "full"]
+        return [dig(full[0]["results"]["methods"]["cam_baseline"])] if full else [None]
     return [dig(run["results"]["methods"]["tedloc"]) for run in summary["runs"] if run["variant"] == row]
 
 
@@ -296,7 +311,7 @@ def _cell(values: Sequence[float | None]) -> str:
 
 def _rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(row key, label): the CAM baseline, the variants, the centre prior."""
-    return ([("cam_baseline", REFERENCE_ROWS["cam_baseline"])] + [(v.key, v.label) for v in VARIANTS]
+    return ([("cam_baseline", REFERENCE_ROWS["cam_baseline"]), CAM_AT_INFERENCE] + [(v.key, v.label) for v in VARIANTS]
             + [("centre_prior", REFERENCE_ROWS["centre_prior"])])
 
 

@@ -16,7 +16,8 @@ from tests.helpers_cli import assert_one_line_error, invoke
 from tests.helpers_data import make_wsol_tree
 
 TRAIN = ["stage", "train", "--epochs", "2", "--batch-size", "8", "--width", "16", "--depth", "1",
-         "--num-workers", "0", "--device", "cpu", "--no-progress", "--threshold-size", "64"]
+         "--num-workers", "0", "--device", "cpu", "--no-progress", "--threshold-size", "64",
+         "--inference-scale", "1"]
 
 
 def test_missing_grid_file_is_named_and_nothing_is_deleted(tmp_path):

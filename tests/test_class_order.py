@@ -130,7 +130,8 @@ def test_match_classes_by_name(caplog):
 
 def _train_args(workdir: Path) -> list[str]:
     return ["--workdir", str(workdir), "stage", "train", "--epochs", "2", "--batch-size", "8", "--width", "16",
-            "--depth", "1", "--num-workers", "0", "--device", "cpu", "--no-progress", "--threshold-size", "64"]
+            "--depth", "1", "--num-workers", "0", "--device", "cpu", "--no-progress", "--threshold-size", "64",
+            "--inference-scale", "1"]
 
 
 def _pseudo_labels_named(workdir: Path, names: list[str], order: list[str]) -> None:

@@ -42,7 +42,7 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
         state = {k: v.detach().clone() for k, v in heads[0].state_dict().items()}
         torch.save(state, os.path.join(workdir, f"weights-rank{rank}-epoch{epoch}.pt"))
 
-    config = Config(epochs=EPOCHS, width=16, depth=1, batch_size=4, num_workers=0, progress=False,
+    config = Config(epochs=EPOCHS, width=16, depth=1, batch_size=4, num_workers=0, progress=False, inference_scale=1,
                     threshold_size=48, device="cpu")
     train.run(config, workdir=workdir, on_epoch_end=save_weights)
     assert len(heads) == 1

@@ -113,4 +113,5 @@ def test_the_stages_run_on_a_fine_encoder_and_give_maps_twice_as_fine(tmp_path):
     assert results["num_images"] == 4
     (pred,) = predict_images([root / "images" / "test" / "0001.png"], checkpoint=model, device="cpu",
                              maps=True)["predictions"]
-    assert pred["map_size"] == [32, 32]
+    # The coarse grid 16×16 at 64 px; twice as fine (32×32), and read at twice the size (inference_scale 2).
+    assert state["inference_input_size"] == 128 and pred["map_size"] == [64, 64]

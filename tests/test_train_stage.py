@@ -12,7 +12,9 @@ from tedloc.configs.train import Config
 from tedloc.errors import ArtifactError, ConfigError, ConfigMismatchError
 from tedloc.stages import train
 
-FAST = dict(width=32, depth=1, batch_size=8, lr=3e-3, num_workers=0, progress=False, threshold_size=64)
+# Synthetic grids have no images to encode at a larger size: maps at the training size.
+FAST = dict(width=32, depth=1, batch_size=8, lr=3e-3, num_workers=0, progress=False, threshold_size=64,
+            inference_scale=1)
 
 
 def _workdir(tmp_path, name="w", **pl):
@@ -185,7 +187,8 @@ def test_cli_runs_the_stage(tmp_path):
 
     wd = _workdir(tmp_path)
     result = CliRunner().invoke(app, ["--workdir", str(wd), "stage", "train", "--epochs", "1", "--width", "16",
-                                      "--num-workers", "0", "--no-progress", "--threshold-size", "48"])
+                                      "--num-workers", "0", "--no-progress", "--threshold-size", "48",
+                                      "--inference-scale", "1"])
     assert result.exit_code == 0, result.output
     assert (wd / "train" / "model.pt").is_file()
     bad = CliRunner().invoke(app, ["--workdir", str(wd), "stage", "train", "--decoder", "mlp"])

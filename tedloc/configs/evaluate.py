@@ -64,6 +64,10 @@ class Config(StageConfig):
     # The CAM baseline has no threshold of its own; None = the pseudo-label box threshold.
     baseline_threshold: float | None = option(
         None, "Non-oracle threshold of the CAM baseline (default: the pseudo-labels' box threshold, else 0.5).")
+    # The CAM is what the pseudo-labels are made of, at their size; at the model's (larger)
+    # inference size it is the like-for-like comparison.
+    baseline_input_size: int = option(
+        0, "Encoder input size of the CAM baseline (0 = the pseudo-labels' input size).")
 
     # --- wsolevaluation conventions --------------------------------------------------
     # Maps and boxes are compared at eval_size×eval_size; GT boxes are rescaled to it.
@@ -140,6 +144,8 @@ class Config(StageConfig):
             raise ConfigError(f"evaluate: box_fraction_bins must be increasing and above 0, got {edges}")
         if self.centre_prior_sigma <= 0:
             raise ConfigError(f"evaluate: centre_prior_sigma must be above 0, got {self.centre_prior_sigma}")
+        if self.baseline_input_size and self.baseline_input_size < 32:
+            raise ConfigError(f"evaluate: baseline_input_size must be 0 or at least 32, got {self.baseline_input_size}")
         if self.baseline_threshold is not None and not 0 <= self.baseline_threshold < 1:
             raise ConfigError(f"evaluate: baseline_threshold must be in [0, 1), got {self.baseline_threshold}")
         for name in ("eval_size", "batch_size", "shard_size"):

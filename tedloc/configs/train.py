@@ -93,7 +93,13 @@ class Config(StageConfig):
     threshold_step: float = option(0.01, "Step of the threshold grid 0, step, ..., < 1.")
     threshold_size: int = option(224, "Side at which maps and pseudo boxes are compared (evaluate's eval_size).")
     threshold_normalize: bool = option(True, "Min–max normalize upsampled maps before thresholding (as evaluate).")
-    threshold_images: int = option(0, "Training images used to pick the threshold (0 = all).")
+    threshold_images: int = option(256, "Training images used to pick the threshold (0 = all).")
+    # The head is convolutional: fed a larger image, it reads a finer grid (28x28 for Lite0 at
+    # 448), where a small object covers four times as many patches.  Training stays at the
+    # pseudo-labels' size (the cached grids); the threshold is picked on maps at this size.
+    inference_scale: int = option(
+        2, "Encoder input at inference (evaluate, predict) = this × the pseudo-labels' input size; the stored "
+           "threshold is picked on training maps at that size (1 = the training size).")
 
     # --- resources (no effect on what is learned) -------------------------------------------
     num_workers: int = option(2, "Worker processes reading shards or decoding images (0 = main process).")
@@ -114,7 +120,8 @@ class Config(StageConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("width", "heads", "patch_hidden", "epochs", "batch_size", "threshold_size", "fine_width"):
+        for name in ("width", "heads", "patch_hidden", "epochs", "batch_size", "threshold_size", "fine_width",
+                     "inference_scale"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train: {name} must be at least 1, got {getattr(self, name)}")
         for name in ("depth", "n_fg", "n_bg", "num_workers", "cache_memory_mb", "threshold_images"):

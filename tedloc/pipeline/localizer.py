@@ -1,7 +1,9 @@
 """The trained localizer for inference: frozen encoder E + the trained head, from a checkpoint.
 
-``Localizer.from_checkpoint(path, device)`` rebuilds the encoder from the spec and input
-size stored in the checkpoint and the head from ``head_config`` / ``head_state``;
+``Localizer.from_checkpoint(path, device)`` rebuilds the encoder from the spec and the
+inference input size stored in the checkpoint (``inference_input_size``: the training size
+times the train stage's ``inference_scale``; older checkpoints: ``input_size``) and the head
+from ``head_config`` / ``head_state``;
 ``predict(pixels)`` needs no class label (the map is class-agnostic).
 """
 
@@ -44,7 +46,8 @@ class Localizer:
         Args:
             path: the checkpoint file.
             device: where encoder and head run.
-            encoder: an already built encoder to reuse (must match the stored spec and size).
+            encoder: an already built encoder to reuse (must match the stored spec and
+                inference size).
         """
         from tedloc.artifacts.checkpoint import load_checkpoint
         from tedloc.pipeline.image_encoders import build_image_encoder, resolve_device
@@ -55,7 +58,8 @@ class Localizer:
             head_config = HeadConfig.from_dict(dict(state["head_config"]))
             head = TedLocHead(head_config, state["anchors"])
             head.load_state_dict(state["head_state"])
-            spec, input_size = str(state["encoder"]), int(state["input_size"])
+            spec = str(state["encoder"])
+            input_size = int(state.get("inference_input_size") or state["input_size"])
             class_names = [str(n) for n in state["class_names"]]
             threshold = float(state["threshold"]) if state.get("threshold") is not None else 0.5
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
@@ -63,7 +67,7 @@ class Localizer:
         if encoder is None:
             encoder = build_image_encoder(spec, input_size=input_size, device=device)
         elif encoder.spec != spec or encoder.input_size != input_size:
-            raise ArtifactError(f"{path}: trained on {spec}@{input_size}, given {encoder.spec}@{encoder.input_size}")
+            raise ArtifactError(f"{path}: reads {spec}@{input_size}, given {encoder.spec}@{encoder.input_size}")
         if encoder.feature_dim != head_config.in_dim:
             raise ArtifactError(f"{path}: head expects {head_config.in_dim} channels, encoder {spec} "
                                 f"gives {encoder.feature_dim}")

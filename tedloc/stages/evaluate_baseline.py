@@ -43,10 +43,11 @@ class CamBaseline:
 
 
 def load_baseline(workdir: Path, pseudo_manifest: dict[str, Any] | None, encoder, class_names: list[str],
-                   device) -> tuple[CamBaseline, Any] | None:
+                   device, input_size: int = 0) -> tuple[CamBaseline, Any] | None:
     """The CAM baseline and the encoder whose grid it reads (the localizer's own encoder when
-    the pseudo-labels used the same one, the usual case), or None without a classifier file.
-    Its rows are put in the order of ``class_names`` (the model's) by name."""
+    it has the baseline's spec and input size), or None without a classifier file.  The
+    baseline's input size is ``input_size``, or (0) the pseudo-labels'.  Its rows are put in
+    the order of ``class_names`` (the model's) by name."""
     from tedloc.artifacts.pseudo_labels import CLASSIFIER_FILE, read_classifier, stage_dir
 
     path = stage_dir(workdir) / CLASSIFIER_FILE
@@ -55,7 +56,7 @@ def load_baseline(workdir: Path, pseudo_manifest: dict[str, Any] | None, encoder
         return None
     classifier = read_classifier(path)
     spec = (pseudo_manifest or {}).get("encoder") or encoder.spec
-    input_size = int((pseudo_manifest or {}).get("input_size") or encoder.input_size)
+    input_size = int(input_size or (pseudo_manifest or {}).get("input_size") or encoder.input_size)
     cam_encoder = encoder
     if (spec, input_size) != (encoder.spec, encoder.input_size):
         from tedloc.pipeline.image_encoders import build_image_encoder

@@ -37,7 +37,8 @@ def compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: Se
     encoder = localizer.encoder
     num_classes = len(localizer.class_names)
     # The CAM baseline maps the GT class among the model's: not defined for other classes.
-    loaded = (load_baseline(workdir, pseudo_manifest, encoder, list(localizer.class_names), device)
+    loaded = (load_baseline(workdir, pseudo_manifest, encoder, list(localizer.class_names), device,
+                            config.baseline_input_size)
               if config.baseline and not config.class_agnostic else None)
     baseline, cam_encoder = loaded if loaded is not None else (None, None)
     size = config.eval_size

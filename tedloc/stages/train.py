@@ -58,10 +58,10 @@ from tedloc.artifacts.train_data import (
 )
 from tedloc.config import hash_json
 from tedloc.configs.train import Config
-from tedloc.errors import ArtifactError, TedlocError
+from tedloc.errors import ArtifactError, ConfigError, TedlocError
 from tedloc.stages.train_dist import DistContext
 from tedloc.stages.train_epoch import derived_seed, epoch_plan, epoch_row, lr_factor, train_epoch
-from tedloc.stages.train_features import FeatureSource, choose_source
+from tedloc.stages.train_features import FeatureSource, choose_source, inference_size_grids
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ def _run(config: Config, workdir: Path, overwrite: bool, on_epoch_end, ddp: Dist
     index.labels = labels_in_anchor_order(index, text)
     if index.labels.min() < 0 or index.labels.max() >= text.num_classes:
         raise ArtifactError(f"{index.directory}: labels outside 0..{text.num_classes - 1}")
+    if config.inference_scale > 1 and not index.dataset:
+        raise ConfigError(f"train: inference_scale {config.inference_scale} needs the training images, and "
+                          f"{index.directory / MANIFEST} records no dataset (use inference_scale = 1)")
     header = ArtifactHeader(format=FORMAT, format_version=FORMAT_VERSION, config=config.to_dict(),
                             config_hash=config.config_hash(),
                             upstream_hash=hash_json([text.identity, index.identity]))
@@ -224,19 +227,25 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
     return manifest
 
 
-def _maps_of(heads: list, source: FeatureSource, count: int, batch_size: int) -> list[np.ndarray]:
+def _maps_of(heads: list, config: Config, index, source: FeatureSource, count: int) -> list[np.ndarray]:
     """float32 (count, h, w) maps of the first ``count`` training images (no flip), one array
-    per head; the grids are read (or encoded) once for all heads."""
-    plan = [(list(range(i, min(count, i + batch_size))), [False] * min(batch_size, count - i))
-            for i in range(0, count, batch_size)]
+    per head, as the model makes them at inference: from the training grids, or with
+    ``inference_scale`` > 1 from the encoder run on the images at the larger size (grids
+    ``inference_scale`` times finer).  The grids are read (or encoded) once for all heads."""
+    if config.inference_scale == 1:
+        plan = [(list(range(i, min(count, i + config.batch_size))), [False] * min(config.batch_size, count - i))
+                for i in range(0, count, config.batch_size)]
+        grids = (batch for batch, _, _ in source.iterate(plan))
+    else:
+        grids = inference_size_grids(config, index, source.device, count)
     maps: list[list[np.ndarray]] = [[] for _ in heads]
     for head in heads:
         head.eval()
     with torch.no_grad():
-        for grids, _, _ in source.iterate(plan):
+        for batch in grids:
             with source.autocast():
                 for k, head in enumerate(heads):
-                    maps[k].append(head(grids).maps.float().cpu().numpy())
+                    maps[k].append(head(batch).maps.float().cpu().numpy())
     return [np.concatenate(m) for m in maps]
 
 
@@ -261,10 +270,11 @@ def _finish(config, stage_dir, header, text, index, source, head, history, best,
         copy = deepcopy(head)
         copy.load_state_dict(state["head_state"])
         heads.append(copy)
-    maps = _maps_of(heads, source, count, config.batch_size)
+    maps = _maps_of(heads, config, index, source, count)
     choice = choose(maps[0])
-    log.info("train: threshold %.2f (mean IoU %.3f, IoU≥0.5 %.3f vs. pseudo boxes of %d training images)",
-             choice.threshold, *[choice.summary()[k] for k in ("mean_iou", "iou50")], count)
+    log.info("train: threshold %.2f (mean IoU %.3f, IoU≥0.5 %.3f vs. pseudo boxes of %d training images, maps "
+             "at input %d)", choice.threshold, *[choice.summary()[k] for k in ("mean_iou", "iou50")], count,
+             index.input_size * config.inference_scale)
     best_state["threshold"] = choice.threshold
     best_state["threshold_choice"] = choice.summary()
     save_checkpoint(stage_dir / BEST, best_state)
@@ -279,7 +289,7 @@ def _finish(config, stage_dir, header, text, index, source, head, history, best,
     final = history[-1]
     extra = {
         "class_names": list(text.class_names), "encoder": index.encoder, "input_size": index.input_size,
-        "grid": list(index.grid), "feature_dim": source.feature_dim, "embed_dim": text.dim,
+        "inference_input_size": index.input_size * config.inference_scale, "grid": list(index.grid), "feature_dim": source.feature_dim, "embed_dim": text.dim,
         "num_images": len(index), "epochs": config.epochs, "feature_source": kind, "hflip_used": hflip,
         "model_epoch": int(best_state["epoch"]), "model_selection": "lowest mean training loss (no GT)",
         "threshold": choice.threshold, "threshold_choice": choice.summary(),

@@ -96,3 +96,30 @@ class FeatureSource:
                 with torch.no_grad(), self.autocast():
                     grids = self.encoder(self.encoder.normalize(pixels)).grid
                 yield grids.float(), indices, flips
+
+
+def inference_size_grids(config: Config, index: PseudoLabelIndex, device: torch.device, count: int
+                         ) -> Iterator[torch.Tensor]:
+    """float grids (B, s·h, s·w, c) of the first ``count`` training images (no flip), the
+    encoder run at ``config.inference_scale`` (s) × the pseudo-labels' input size: what the
+    model reads at inference, for picking the map threshold there."""
+    from tedloc.pipeline.image_encoders import build_image_encoder
+
+    if not index.dataset:
+        raise ArtifactError(f"{index.directory / MANIFEST}: no dataset recorded; cannot encode images "
+                            f"at inference size (set inference_scale = 1)")
+    dataset = index.open_dataset()
+    by_id = dataset.by_id() if callable(getattr(dataset, "by_id", None)) else dataset.by_id
+    ids = index.ids[:count]
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ArtifactError(f"{index.directory}: {len(missing)} pseudo-labelled images (e.g. {missing[0]!r}) "
+                            f"are not in dataset {index.dataset!r} split {index.split!r}")
+    size = index.input_size * config.inference_scale
+    encoder = build_image_encoder(index.encoder, input_size=size, device=device)
+    plan = [(list(range(i, min(count, i + config.batch_size))), [False] * min(config.batch_size, count - i))
+            for i in range(0, count, config.batch_size)]
+    loader = image_loader(dataset, [by_id[i] for i in ids], plan, input_size=size, num_workers=config.num_workers)
+    for pixels in loader:
+        with torch.no_grad():
+            yield encoder(encoder.normalize(pixels)).grid.float()
