@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -40,6 +41,20 @@ def choose_source(config: Config, index: PseudoLabelIndex) -> tuple[str, bool]:
     return ("memory" if index.feature_bytes(flip_ok) <= budget else "shards"), flip_ok
 
 
+def training_records(index: PseudoLabelIndex, ids: list[str]) -> tuple[Any, list]:
+    """(the pseudo-labels' dataset, the records of ``ids`` in that order), to encode the images
+    again; ArtifactError when no dataset is recorded or an id is not in it."""
+    if not index.dataset:
+        raise ArtifactError(f"{index.directory / MANIFEST}: no dataset recorded; cannot encode images")
+    dataset = index.open_dataset()
+    by_id = dataset.by_id() if callable(getattr(dataset, "by_id", None)) else dataset.by_id
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ArtifactError(f"{index.directory}: {len(missing)} pseudo-labelled images (e.g. {missing[0]!r}) "
+                            f"are not in dataset {index.dataset!r} split {index.split!r}")
+    return dataset, [by_id[i] for i in ids]
+
+
 class FeatureSource:
     """Yields (float grids (B, h, w, c) on the device, indices, flips) for a plan of batches."""
 
@@ -56,16 +71,7 @@ class FeatureSource:
         elif kind == "encoder":
             from tedloc.pipeline.image_encoders import build_image_encoder
 
-            if not index.dataset:
-                raise ArtifactError(f"{index.directory / MANIFEST}: no dataset recorded; cannot encode images")
-            dataset = index.open_dataset()
-            by_id = dataset.by_id() if callable(getattr(dataset, "by_id", None)) else dataset.by_id
-            missing = [i for i in index.ids if i not in by_id]
-            if missing:
-                raise ArtifactError(f"{index.directory}: {len(missing)} pseudo-labelled images (e.g. {missing[0]!r}) "
-                                    f"are not in dataset {index.dataset!r} split {index.split!r}")
-            self.dataset = dataset
-            self.records = [by_id[i] for i in index.ids]
+            self.dataset, self.records = training_records(index, index.ids)
             self.encoder = build_image_encoder(index.encoder, input_size=index.input_size, device=device)
             if tuple(self.encoder.grid) != tuple(index.grid):
                 raise ArtifactError(f"{index.directory}: maps are {index.grid}, encoder {index.encoder} "
@@ -105,21 +111,12 @@ def inference_size_grids(config: Config, index: PseudoLabelIndex, device: torch.
     model reads at inference, for picking the map threshold there."""
     from tedloc.pipeline.image_encoders import build_image_encoder
 
-    if not index.dataset:
-        raise ArtifactError(f"{index.directory / MANIFEST}: no dataset recorded; cannot encode images "
-                            f"at inference size (set inference_scale = 1)")
-    dataset = index.open_dataset()
-    by_id = dataset.by_id() if callable(getattr(dataset, "by_id", None)) else dataset.by_id
-    ids = index.ids[:count]
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise ArtifactError(f"{index.directory}: {len(missing)} pseudo-labelled images (e.g. {missing[0]!r}) "
-                            f"are not in dataset {index.dataset!r} split {index.split!r}")
+    dataset, records = training_records(index, index.ids[:count])
     size = index.input_size * config.inference_scale
     encoder = build_image_encoder(index.encoder, input_size=size, device=device)
     plan = [(list(range(i, min(count, i + config.batch_size))), [False] * min(config.batch_size, count - i))
             for i in range(0, count, config.batch_size)]
-    loader = image_loader(dataset, [by_id[i] for i in ids], plan, input_size=size, num_workers=config.num_workers)
+    loader = image_loader(dataset, records, plan, input_size=size, num_workers=config.num_workers)
     for pixels in loader:
         with torch.no_grad():
             yield encoder(encoder.normalize(pixels)).grid.float()
