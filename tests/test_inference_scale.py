@@ -78,3 +78,11 @@ def test_a_larger_inference_scale_needs_the_training_images(tmp_path):
         train.run(Config(epochs=1, num_workers=0, progress=False, inference_scale=2), workdir=tmp_path)
     with pytest.raises(ConfigError, match="inference_scale must be at least 1"):
         Config(inference_scale=0)
+
+
+def test_cpu_forwards_at_the_inference_size_stay_small():
+    from tedloc.pipeline.forwards import inference_forward_batch
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [inference_forward_batch(size, cpu) for size in (64, 224, 320, 448, 896)] == [49, 4, 1, 1, 1]
+    assert inference_forward_batch(448, gpu) == 0  # the whole batch

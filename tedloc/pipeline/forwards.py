@@ -25,6 +25,21 @@ def resolve_forward_batch(forward_batch_size: int, device: torch.device) -> int:
     return CPU_FORWARD_BATCH if device.type == "cpu" else 0
 
 
+#: Images in one CPU forward at 224 px whose activations all stay under the 32 MB malloc
+#: recycles (EfficientNet-Lite0's largest, the first block's expanded 112×112×96 float32
+#: map, is about 4.8 MB an image): 2 images and their 2 flips in the pseudo-labels stage.
+CPU_FORWARD_PIXELS = 4 * 224 * 224
+
+
+def inference_forward_batch(input_size: int, device: torch.device) -> int:
+    """Images per forward when a stage runs the encoder without flips at ``input_size``: on a
+    CPU as many as keep the activations of a 224-px forward of 4 (at least 1: 4 at 224 px,
+    1 at 448 px), else 0 (the whole batch)."""
+    if device.type != "cpu":
+        return 0
+    return max(1, CPU_FORWARD_PIXELS // (input_size * input_size))
+
+
 def encode_batch(encoder: ImageEncoder, pixels: torch.Tensor, *, with_flip: bool, forward_batch: int = 0,
                  grid_out: np.ndarray | None = None, flip_out: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

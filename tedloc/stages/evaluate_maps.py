@@ -26,6 +26,7 @@ def compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: Se
     """Phase 1: run the model (and the baseline) on ``records``; write shards of maps."""
     import torch
 
+    from tedloc.pipeline.forwards import encode_batch, inference_forward_batch
     from tedloc.pipeline.image_encoders import resolve_device
     from tedloc.pipeline.image_loader import make_image_loader
     from tedloc.pipeline.localizer import Localizer
@@ -74,19 +75,21 @@ def compute_maps(config: Config, *, workdir: Path, dataset: Dataset, records: Se
         for batch in loader:
             skipped.update(batch.bad)
             if len(batch):
-                pixels = encoder.normalize(batch.pixels)
+                # Once: the head and the baseline share it (small forwards on a CPU).
+                pooled, grid, _ = encode_batch(encoder, batch.pixels, with_flip=False,
+                                               forward_batch=inference_forward_batch(encoder.input_size, device))
                 with torch.inference_mode():
-                    features = encoder(pixels)  # once: the head and the baseline share it
-                    out = localizer.predict_features(features.grid)
+                    out = localizer.predict_features(grid)
                     logits = out.class_logits.float().cpu().numpy()
                     grid_maps = out.maps.float().cpu().numpy()
                     if baseline is not None:
                         if cam_encoder is not encoder:
                             from tedloc.pipeline.image_encoders import resize_batch
 
-                            features = cam_encoder(cam_encoder.normalize(
-                                resize_batch(list(batch.pixels.numpy()), cam_encoder.input_size)))
-                        cam_grid, cam_logits = baseline(features.grid, features.pooled, batch.labels)
+                            pooled, grid, _ = encode_batch(
+                                cam_encoder, resize_batch(list(batch.pixels.numpy()), cam_encoder.input_size),
+                                with_flip=False, forward_batch=inference_forward_batch(cam_encoder.input_size, device))
+                        cam_grid, cam_logits = baseline(grid, pooled, batch.labels)
                 for i, image_id in enumerate(batch.ids):
                     try:
                         scoremap = metrics.evaluation_map(grid_maps[i], size, normalize=config.normalize_maps,

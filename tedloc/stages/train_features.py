@@ -109,6 +109,7 @@ def inference_size_grids(config: Config, index: PseudoLabelIndex, device: torch.
     """float grids (B, s·h, s·w, c) of the first ``count`` training images (no flip), the
     encoder run at ``config.inference_scale`` (s) × the pseudo-labels' input size: what the
     model reads at inference, for picking the map threshold there."""
+    from tedloc.pipeline.forwards import encode_batch, inference_forward_batch
     from tedloc.pipeline.image_encoders import build_image_encoder
 
     dataset, records = training_records(index, index.ids[:count])
@@ -117,6 +118,6 @@ def inference_size_grids(config: Config, index: PseudoLabelIndex, device: torch.
     plan = [(list(range(i, min(count, i + config.batch_size))), [False] * min(config.batch_size, count - i))
             for i in range(0, count, config.batch_size)]
     loader = image_loader(dataset, records, plan, input_size=size, num_workers=config.num_workers)
+    forward_batch = inference_forward_batch(size, device)
     for pixels in loader:
-        with torch.no_grad():
-            yield encoder(encoder.normalize(pixels)).grid.float()
+        yield encode_batch(encoder, pixels, with_flip=False, forward_batch=forward_batch)[1].float()
