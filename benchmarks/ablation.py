@@ -244,7 +244,8 @@ def run_all(root: Path, seeds: Sequence[int]) -> dict[str, Any]:
     load_before = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     stages: list[dict[str, Any]] = []
     # The shared upstream artifacts, each made once.
-    for name, variant in (("qr", VARIANTS[0]), ("no_qr", VARIANTS[-1])):
+    for name in ("qr", "no_qr"):
+        variant = next(v for v in VARIANTS if v.upstream == name)
         configs = run_configs(variant, seeds[0])
         for stage in UPSTREAM_STAGES if name == "qr" else ("text-embed",):
             workdir = root / "upstream" / name
