@@ -66,12 +66,14 @@ def run_demo(workdir: Path) -> dict:
 
 
 def bare_forward_images_per_s(image_ids_split: str, *, encoder_spec: str, batch_size: int,
-                              with_flip: bool, forward_batch_size: int = 0, limit: int = 0
+                              with_flip: bool, forward_batch_size: int = 0, limit: int = 0,
+                              input_size: int | None = None, forward_batch: int | None = None
                               ) -> tuple[float, int]:
-    """Images/s of the bare encoder forward over a demo split (pre-decoded, pre-resized), run
-    as the pseudo-labels stage runs it: batches of ``batch_size`` images, each as forwards of
-    [k images; k mirror images] (``encode_batch``; k from ``forward_batch_size`` as the stage
-    resolves it, mirror images only ``with_flip``)."""
+    """Images/s of the bare encoder forward over a demo split (pre-decoded, pre-resized to
+    ``input_size``, default the encoder's), run as the stages run it: batches of ``batch_size``
+    images, each as forwards of [k images; k mirror images] (``encode_batch``; k =
+    ``forward_batch`` when given, else from ``forward_batch_size`` as the pseudo-labels stage
+    resolves it; mirror images only ``with_flip``)."""
     import torch
 
     from tedloc.artifacts.cpu_memory import keep_freed_memory
@@ -83,8 +85,9 @@ def bare_forward_images_per_s(image_ids_split: str, *, encoder_spec: str, batch_
     keep_freed_memory()  # as the stages do on a CPU (their cpu_keep_freed_memory default)
     dataset = open_dataset("demo", image_ids_split)
     records = dataset.head(limit)
-    encoder = build_image_encoder(encoder_spec)
-    forward_batch = resolve_forward_batch(forward_batch_size, encoder.device)
+    encoder = build_image_encoder(encoder_spec, input_size=input_size)
+    if forward_batch is None:
+        forward_batch = resolve_forward_batch(forward_batch_size, encoder.device)
     pixels = torch.from_numpy(resize_batch([dataset.load_image(r) for r in records], encoder.input_size))
     encode_batch(encoder, pixels[:batch_size], with_flip=with_flip, forward_batch=forward_batch)  # warm-up
     start = time.perf_counter()
@@ -133,10 +136,23 @@ def main() -> int:
     pl_bare, n_train = bare_forward_images_per_s(
         "train", encoder_spec=pl_config["encoder"], batch_size=pl_config["batch_size"], with_flip=flip,
         forward_batch_size=pl_config.get("forward_batch_size", 0))
-    # evaluate forwards each batch whole
-    ev_bare, n_test = bare_forward_images_per_s("test", encoder_spec=pl_config["encoder"],
-                                                batch_size=ev_config["batch_size"], with_flip=False,
-                                                forward_batch_size=ev_config["batch_size"])
+    # evaluate: the model's forward at its inference size, then the CAM baseline's at the
+    # pseudo-labels' size (another pass of the encoder when the two differ), small forwards.
+    import torch
+
+    from tedloc.pipeline.forwards import inference_forward_batch
+
+    train = json.loads((args.workdir / "train" / "manifest.json").read_text())
+    sizes = [int(train.get("inference_input_size") or pseudo["input_size"])]
+    if int(ev_config.get("baseline_input_size") or pseudo["input_size"]) != sizes[0]:
+        sizes.append(int(ev_config.get("baseline_input_size") or pseudo["input_size"]))
+    ev_seconds = 0.0
+    for size in sizes:
+        rate, n_test = bare_forward_images_per_s(
+            "test", encoder_spec=pl_config["encoder"], batch_size=ev_config["batch_size"], with_flip=False,
+            input_size=size, forward_batch=inference_forward_batch(size, torch.device("cpu")))
+        ev_seconds += n_test / rate
+    ev_bare = n_test / ev_seconds
     pl_stage = n_train / first["stage_s"]["pseudo-labels"]
     ev_stage = n_test / first["stage_s"]["evaluate"]
 
@@ -162,6 +178,8 @@ def main() -> int:
         "and resized beforehand, in the stage's batches"
         + (" (pseudo-labels: forwards of [k images; k mirror images], the stage caches flipped features)"
            if flip else "")
+        + f"; evaluate: the encoder at the model's inference size, then at the CAM baseline's "
+        f"({' and '.join(f'{size} px' for size in sizes)})"
         + ". The bare forward is timed after the demo, minutes from the stages, and this machine's "
         "speed drifts by ±20% over minutes: these ratios are indicative only (above 1 is drift). "
         "`benchmarks/pseudo_labels.py` alternates stage runs with bare passes for the measured ratio.",

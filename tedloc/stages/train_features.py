@@ -117,7 +117,9 @@ def inference_size_grids(config: Config, index: PseudoLabelIndex, device: torch.
     encoder = build_image_encoder(index.encoder, input_size=size, device=device)
     plan = [(list(range(i, min(count, i + config.batch_size))), [False] * min(config.batch_size, count - i))
             for i in range(0, count, config.batch_size)]
-    loader = image_loader(dataset, records, plan, input_size=size, num_workers=config.num_workers)
+    # Decoded in this process: a few hundred images, and worker processes forked from a stage
+    # holding the training grids would each count them again in the process tree's memory.
+    loader = image_loader(dataset, records, plan, input_size=size, num_workers=0)
     forward_batch = inference_forward_batch(size, device)
     for pixels in loader:
         yield encode_batch(encoder, pixels, with_flip=False, forward_batch=forward_batch)[1].float()
