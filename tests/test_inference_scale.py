@@ -86,3 +86,21 @@ def test_cpu_forwards_at_the_inference_size_stay_small():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert [inference_forward_batch(size, cpu) for size in (64, 224, 320, 448, 896)] == [49, 4, 1, 1, 1]
     assert inference_forward_batch(448, gpu) == 0  # the whole batch
+
+
+def test_predict_in_small_forwards_equals_one_forward(tmp_path):
+    """At 448 px a CPU forward takes one image: predict's chunks give the maps and logits of
+    one forward of the whole batch."""
+    from tests.helpers_model import save_tiny_checkpoint
+
+    path = save_tiny_checkpoint(tmp_path / "model.pt", ["a", "b"])
+    state = load_checkpoint(path)
+    state["inference_input_size"] = 448
+    localizer = Localizer.from_checkpoint(save_checkpoint(tmp_path / "at448.pt", state), "cpu")
+    generator = torch.Generator().manual_seed(0)
+    pixels = localizer.encoder.normalize(torch.randint(0, 256, (3, 448, 448, 3), generator=generator,
+                                                       dtype=torch.uint8))
+    chunked = localizer.predict(pixels)
+    whole = localizer.predict_features(localizer.encoder(pixels).grid)
+    torch.testing.assert_close(chunked.maps, whole.maps, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(chunked.class_logits, whole.class_logits, rtol=1e-4, atol=1e-4)

@@ -82,5 +82,13 @@ class Localizer:
     @torch.no_grad()
     def predict(self, pixels: torch.Tensor) -> LocalizerOutput:
         """Normalized pixels float (B, 3, S, S) (``encoder.normalize`` / ``preprocess``) ->
-        :class:`LocalizerOutput`."""
-        return self.predict_features(self.encoder(pixels.to(self.device)).grid)
+        :class:`LocalizerOutput`.  On a CPU the encoder runs a few images at a time
+        (:func:`~tedloc.pipeline.forwards.inference_forward_batch`)."""
+        from tedloc.pipeline.forwards import inference_forward_batch
+
+        step = inference_forward_batch(self.encoder.input_size, self.device) or len(pixels)
+        if not 0 < step < len(pixels):
+            return self.predict_features(self.encoder(pixels.to(self.device)).grid)
+        grids = [self.encoder(pixels[start:start + step].to(self.device)).grid
+                 for start in range(0, len(pixels), step)]
+        return self.predict_features(torch.cat(grids))
