@@ -4,9 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tedloc.artifacts.io_strategy import GridRowWriter
 from tedloc.artifacts.staging import read_encoded, read_encoded_chunks, scan_encoded
-from tedloc.artifacts.staging_writer import EncodedFileWriter
+from tedloc.artifacts.staging_writer import EncodedFileWriter, GridRowWriter
 from tedloc.artifacts.store import ArtifactHeader
 from tedloc.errors import ArtifactError
 

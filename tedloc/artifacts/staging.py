@@ -29,7 +29,6 @@ import numpy as np
 
 from tedloc.artifacts.header import check_format, stored_identity, stored_image_ids
 from tedloc.artifacts.integrity import file_problem
-from tedloc.artifacts.io_strategy import DEFAULT, IOStrategy
 from tedloc.artifacts.manifest import owner_of
 from tedloc.artifacts.pseudo_labels import SUPPORTED_VERSIONS
 from tedloc.errors import ArtifactError, ConfigMismatchError
@@ -164,15 +163,32 @@ def read_encoded(path: str | Path, names: Sequence[str]) -> dict[str, np.ndarray
         raise ArtifactError(f"{path}: cannot read staged arrays {list(names)} ({exc})") from None
 
 
-
-def read_encoded_chunks(path: str | Path, name: str, rows: Sequence[int], chunk: int, *,
-                        io: IOStrategy = DEFAULT) -> Iterator[tuple[int, np.ndarray]]:
+def read_encoded_chunks(path: str | Path, name: str, rows: Sequence[int], chunk: int
+                        ) -> Iterator[tuple[int, np.ndarray]]:
     """Rows ``rows`` (ascending) of the array ``name`` of one staging file, ``chunk`` rows at
-    a time (:meth:`~tedloc.artifacts.io_strategy.IOStrategy.read_rows`: views of a reused
-    buffer, read past the page cache where ``io`` says so)."""
+    a time: yields (position of the chunk's first row in ``rows``, array (k, ...)).
+
+    The yielded array is a view of one reused buffer, valid until the next chunk is asked
+    for: a staging file's grids are hundreds of MB, and a fresh array of that size costs
+    more in page faults than the read itself.
+    """
     path = Path(path)
+    rows = np.asarray(rows, np.int64)
+    if not len(rows):
+        return
     try:
-        yield from io.read_rows(path, name, rows, chunk)
+        with h5py.File(path, "r") as handle:
+            dataset = handle[name]
+            # Consecutive rows are read straight into the buffer; others through h5py's selection.
+            contiguous = int(rows[-1] - rows[0]) + 1 == len(rows)
+            buffer = np.empty((min(chunk, len(rows)), *dataset.shape[1:]), dataset.dtype)
+            for start in range(0, len(rows), chunk):
+                part = rows[start:start + chunk]
+                if contiguous:
+                    dataset.read_direct(buffer, np.s_[int(part[0]):int(part[-1]) + 1], np.s_[:len(part)])
+                else:
+                    buffer[:len(part)] = dataset[part]
+                yield start, buffer[:len(part)]
     except (OSError, KeyError) as exc:
         raise ArtifactError(f"{path}: cannot read staged array {name!r} ({exc})") from None
 

@@ -11,15 +11,37 @@ from typing import Any
 import h5py
 import numpy as np
 
-from tedloc.artifacts.atomic import BackgroundCommitter
+from tedloc.artifacts.atomic import BackgroundCommitter, atomic_h5
 from tedloc.artifacts.header import ArtifactHeader, write_header_attrs
-from tedloc.artifacts.io_strategy import DEFAULT, IOStrategy
 from tedloc.artifacts.staging import ENCODED_FORMAT, GRID_ARRAYS, EncodedFile
 from tedloc.artifacts.store import write_arrays
 
 
 class _Aborted(Exception):
     """Thrown into a staging file's write to discard it."""
+
+
+class GridRowWriter:
+    """Grows one dataset per grid name of a file being written, one image per chunk, and
+    writes the rows."""
+
+    def __init__(self, handle: h5py.File, compression: str | None):
+        self.handle = handle
+        self.compression = compression
+
+    def append(self, name: str, array: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
+        """Rows (B, ...) at the end of dataset ``name`` (created with ``attrs`` if new)."""
+        dset = self.handle.get(name)
+        if dset is None:
+            row = array.shape[1:]
+            dset = self.handle.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=array.dtype,
+                                              chunks=(1, *row), compression=self.compression)
+            for key, value in (attrs or {}).items():
+                dset.attrs[key] = value
+        start = len(dset)
+        dset.resize(start + len(array), axis=0)
+        if len(array):
+            dset[start:] = array
 
 
 class EncodedFileWriter:
@@ -42,13 +64,12 @@ class EncodedFileWriter:
         expected_grid_bytes: about how many bytes of grids the file will hold (decides
             how it is built, see :func:`tedloc.artifacts.atomic.atomic_h5`).
         dataset_attrs: name -> attributes of that dataset.
-        io: the disk strategies (:mod:`tedloc.artifacts.io_strategy`).
     """
 
     def __init__(self, path: str | Path, header: ArtifactHeader, *, part: int, num_parts: int, seq: int,
                  grid_compression: str | None = None, expected_grid_bytes: int = 0,
                  dataset_attrs: dict[str, dict[str, Any]] | None = None,
-                 committer: BackgroundCommitter | None = None, io: IOStrategy = DEFAULT):
+                 committer: BackgroundCommitter | None = None):
         self.path = Path(path)
         self.entry = EncodedFile(path=self.path, part=part, num_parts=num_parts, seq=seq, ids=[],
                                  skipped={}, contents=())
@@ -56,11 +77,10 @@ class EncodedFileWriter:
         self.grid_compression = grid_compression
         self.dataset_attrs = dataset_attrs or {}
         self._small: dict[str, list[np.ndarray]] = {}
-        self._context = io.open_grid_file(self.path, size_hint=expected_grid_bytes, committer=committer,
-                                          compression=grid_compression)
+        self._context = atomic_h5(self.path, size_hint=expected_grid_bytes, committer=committer)
         self._handle = self._context.__enter__()
         self._open = True
-        self._grids = io.grid_writer(self._handle, grid_compression)
+        self._grids = GridRowWriter(self._handle, grid_compression)
 
     @property
     def num_images(self) -> int:

@@ -96,7 +96,7 @@ def model_state(head, *, config, header: ArtifactHeader, class_names, index, thr
         "class_names": list(class_names),
         "encoder": index.encoder,
         "input_size": index.input_size,
-        "inference_input_size": index.input_size * config.inference_scale,
+        "inference_input_size": config.inference_input_size(index.input_size),
         "grid": list(index.grid),
         "threshold": threshold,
         "config": config.to_dict(),

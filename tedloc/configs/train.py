@@ -113,6 +113,10 @@ class Config(StageConfig):
     def __post_init__(self) -> None:
         self.validate()
 
+    def inference_input_size(self, training_size: int) -> int:
+        """The encoder's input size at inference for a model trained at ``training_size``."""
+        return training_size * self.inference_scale
+
     def validate(self) -> None:
         check_fields(self, "train")
         choices = {"decoder": DECODERS, "patch_head": PATCH_HEADS, "features": FEATURE_SOURCES,

@@ -119,7 +119,7 @@ def run(config: Config, *, workdir: Path, overwrite: bool = False,
         to_encode = [r for r in records if r.image_id in pending and r.image_id not in staged_ids]
         if to_encode and (plan.stage_grid or not (directory / CLASSIFIER_FILE).exists()):
             own += encode(config, encoder, dataset, to_encode, directory=directory, header=header, plan=plan,
-                          io=io, first_seq=max((entry.seq for entry in own), default=-1) + 1,
+                          first_seq=max((entry.seq for entry in own), default=-1) + 1,
                           on_progress=on_progress)
         # Step 2.
         weight, _, clf_attrs = get_classifier(directory, header, encoder, dataset, records, config,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tedloc.artifacts.io_strategy import GridBuffers, IOStrategy
+from tedloc.artifacts.atomic import BackgroundCommitter
 from tedloc.artifacts.staging import (
     EncodedFile,
     encoded_path,
@@ -67,22 +67,26 @@ def staging_files(directory: Path, header: ArtifactHeader, writer: ShardedWriter
 
 
 def encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: Sequence[Record], *,
-           directory: Path, header: ArtifactHeader, plan: Plan, io: IOStrategy, first_seq: int,
+           directory: Path, header: ArtifactHeader, plan: Plan, first_seq: int,
            on_progress: Progress | None = None) -> list[EncodedFile]:
     """Step 1 over ``records``: a staging file per ``shard_size`` images (whole batches),
     numbered from ``first_seq``; returns their entries, every file on disk."""
     h, w = encoder.grid
     grid_bytes = h * w * encoder.feature_dim * 2 * (int(plan.stage_grid) + int(plan.stage_flip))  # per image
-    pair = (io.grid_buffers(min(config.batch_size, len(records)), (h, w, encoder.feature_dim),
-                            flip=plan.stage_flip) if plan.stage_grid else None)
+    # One float16 pair reused batch after batch: fresh arrays per batch cost more in page
+    # faults than filling them.
+    rows = (min(config.batch_size, len(records)), h, w, encoder.feature_dim)
+    pair = None
+    if plan.stage_grid:
+        pair = (np.empty(rows, np.float16), np.empty(rows, np.float16) if plan.stage_flip else None)
     loader = image_loader(config, encoder, dataset, records)
-    with io.committer() as committer:
+    with BackgroundCommitter() as committer:
         files = _StagingSeries(
             lambda seq: EncodedFileWriter(
                 encoded_path(directory, plan.shard_index, plan.num_shards, seq), header, part=plan.shard_index,
                 num_parts=plan.num_shards, seq=seq, grid_compression=feature_compression(config)["features"],
                 expected_grid_bytes=grid_bytes * min(config.shard_size, len(records)),
-                dataset_attrs=dataset_attrs(config, encoder, plan.method), committer=committer, io=io),
+                dataset_attrs=dataset_attrs(config, encoder, plan.method), committer=committer),
             shard_size=config.shard_size, first_seq=first_seq, on_progress=on_progress)
         try:
             for batch in progress(loader, desc="pseudo-labels: encode", unit="batch"):
@@ -96,7 +100,8 @@ def encode(config: Config, encoder: ImageEncoder, dataset: Dataset, records: Seq
             raise
 
 
-def staged_arrays(encoder: ImageEncoder, batch: ImageBatch, plan: Plan, pair: GridBuffers | None
+def staged_arrays(encoder: ImageEncoder, batch: ImageBatch, plan: Plan,
+                  pair: tuple[np.ndarray, np.ndarray | None] | None
                   ) -> dict[str, np.ndarray]:
     """What step 1 stages for one batch of B readable images: ``label``, ``image_size``,
     ``pooled`` float32 (B, c) and the plan's grids, float16 (B, h, w, c) views of ``pair``'s

@@ -85,7 +85,7 @@ def maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enco
                 if len(rows) < len(entry.ids):
                     staged = {k: v[rows] for k, v in staged.items()}
                 arrays = staged_map_rows(config, encoder, entry.path, rows, [entry.ids[row] for row in rows],
-                                         staged["label"], staged["image_size"], weight_t, scoring, io=io)
+                                         staged["label"], staged["image_size"], weight_t, scoring)
                 for name in copied:
                     arrays[name] = staged[name]
             if promote:
@@ -103,15 +103,15 @@ def maps_from_staged(config: Config, encoder: ImageEncoder, files: Sequence[Enco
 
 
 def staged_map_rows(config: Config, encoder: ImageEncoder, path: Path, rows: Sequence[int], ids: Sequence[str],
-                    labels: np.ndarray, sizes: np.ndarray, weight: torch.Tensor, scoring: DiagnosticScoring, *,
-                    io: IOStrategy) -> dict[str, np.ndarray]:
+                    labels: np.ndarray, sizes: np.ndarray, weight: torch.Tensor, scoring: DiagnosticScoring
+                    ) -> dict[str, np.ndarray]:
     """The final shard's rows (:func:`map_rows`) of the staged images ``rows`` of one staging
     file (``ids``, ``labels``, ``sizes``: theirs), made ``CAM_CHUNK`` images at a time from
     grids read into one reused buffer; each chunk goes to the diagnostic as soon as it is
     made, so that its workers start on the file's first images."""
     labels_t = torch.as_tensor(labels, device=encoder.device)
     parts: list[dict[str, np.ndarray]] = []
-    for start, grid in read_encoded_chunks(path, "features", rows, CAM_CHUNK, io=io):
+    for start, grid in read_encoded_chunks(path, "features", rows, CAM_CHUNK):
         end = start + len(grid)
         maps = cam_from_grid(torch.from_numpy(grid).to(encoder.device), weight, labels_t[start:end])
         part = map_rows(config, encoder, maps, labels[start:end], sizes[start:end])

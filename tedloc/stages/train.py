@@ -61,7 +61,7 @@ from tedloc.configs.train import Config
 from tedloc.errors import ArtifactError, ConfigError, TedlocError
 from tedloc.stages.train_dist import DistContext
 from tedloc.stages.train_epoch import derived_seed, epoch_plan, epoch_row, lr_factor, train_epoch
-from tedloc.stages.train_features import FeatureSource, choose_source, inference_size_grids
+from tedloc.stages.train_features import FeatureSource, choose_source, threshold_grids
 
 log = logging.getLogger(__name__)
 
@@ -229,20 +229,13 @@ def _train(config: Config, stage_dir: Path, header: ArtifactHeader, text, index:
 
 def _maps_of(heads: list, config: Config, index, source: FeatureSource, count: int) -> list[np.ndarray]:
     """float32 (count, h, w) maps of the first ``count`` training images (no flip), one array
-    per head, as the model makes them at inference: from the training grids, or with
-    ``inference_scale`` > 1 from the encoder run on the images at the larger size (grids
-    ``inference_scale`` times finer).  The grids are read (or encoded) once for all heads."""
-    if config.inference_scale == 1:
-        plan = [(list(range(i, min(count, i + config.batch_size))), [False] * min(config.batch_size, count - i))
-                for i in range(0, count, config.batch_size)]
-        grids = (batch for batch, _, _ in source.iterate(plan))
-    else:
-        grids = inference_size_grids(config, index, source.device, count)
+    per head, as the model makes them at inference (:func:`threshold_grids`).  The grids are
+    read (or encoded) once for all heads."""
     maps: list[list[np.ndarray]] = [[] for _ in heads]
     for head in heads:
         head.eval()
     with torch.no_grad():
-        for batch in grids:
+        for batch in threshold_grids(config, index, source, count):
             with source.autocast():
                 for k, head in enumerate(heads):
                     maps[k].append(head(batch).maps.float().cpu().numpy())
@@ -274,7 +267,7 @@ def _finish(config, stage_dir, header, text, index, source, head, history, best,
     choice = choose(maps[0])
     log.info("train: threshold %.2f (mean IoU %.3f, IoU≥0.5 %.3f vs. pseudo boxes of %d training images, maps "
              "at input %d)", choice.threshold, *[choice.summary()[k] for k in ("mean_iou", "iou50")], count,
-             index.input_size * config.inference_scale)
+             config.inference_input_size(index.input_size))
     best_state["threshold"] = choice.threshold
     best_state["threshold_choice"] = choice.summary()
     save_checkpoint(stage_dir / BEST, best_state)
@@ -289,7 +282,8 @@ def _finish(config, stage_dir, header, text, index, source, head, history, best,
     final = history[-1]
     extra = {
         "class_names": list(text.class_names), "encoder": index.encoder, "input_size": index.input_size,
-        "inference_input_size": index.input_size * config.inference_scale, "grid": list(index.grid), "feature_dim": source.feature_dim, "embed_dim": text.dim,
+        "inference_input_size": config.inference_input_size(index.input_size), "grid": list(index.grid),
+        "feature_dim": source.feature_dim, "embed_dim": text.dim,
         "num_images": len(index), "epochs": config.epochs, "feature_source": kind, "hflip_used": hflip,
         "model_epoch": int(best_state["epoch"]), "model_selection": "lowest mean training loss (no GT)",
         "threshold": choice.threshold, "threshold_choice": choice.summary(),

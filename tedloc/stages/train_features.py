@@ -41,6 +41,12 @@ def choose_source(config: Config, index: PseudoLabelIndex) -> tuple[str, bool]:
     return ("memory" if index.feature_bytes(flip_ok) <= budget else "shards"), flip_ok
 
 
+def first_images_plan(count: int, batch_size: int) -> list[Batch]:
+    """Batches of the first ``count`` training images in order, none flipped."""
+    return [(list(range(i, min(count, i + batch_size))), [False] * min(batch_size, count - i))
+            for i in range(0, count, batch_size)]
+
+
 def training_records(index: PseudoLabelIndex, ids: list[str]) -> tuple[Any, list]:
     """(the pseudo-labels' dataset, the records of ``ids`` in that order), to encode the images
     again; ArtifactError when no dataset is recorded or an id is not in it."""
@@ -104,22 +110,26 @@ class FeatureSource:
                 yield grids.float(), indices, flips
 
 
-def inference_size_grids(config: Config, index: PseudoLabelIndex, device: torch.device, count: int
-                         ) -> Iterator[torch.Tensor]:
-    """float grids (B, s·h, s·w, c) of the first ``count`` training images (no flip), the
-    encoder run at ``config.inference_scale`` (s) × the pseudo-labels' input size: what the
-    model reads at inference, for picking the map threshold there."""
+def threshold_grids(config: Config, index: PseudoLabelIndex, source: FeatureSource, count: int
+                    ) -> Iterator[torch.Tensor]:
+    """float grids (B, s·h, s·w, c) of the first ``count`` training images (no flip) as the
+    model reads them at inference, for picking the map threshold there: the training grids
+    from ``source`` (``inference_scale`` s = 1), else the encoder run on the images at s ×
+    the pseudo-labels' input size."""
+    if config.inference_scale == 1:
+        for grids, _, _ in source.iterate(first_images_plan(count, config.batch_size)):
+            yield grids
+        return
     from tedloc.pipeline.forwards import encode_batch, inference_forward_batch
     from tedloc.pipeline.image_encoders import build_image_encoder
 
     dataset, records = training_records(index, index.ids[:count])
-    size = index.input_size * config.inference_scale
-    encoder = build_image_encoder(index.encoder, input_size=size, device=device)
-    plan = [(list(range(i, min(count, i + config.batch_size))), [False] * min(config.batch_size, count - i))
-            for i in range(0, count, config.batch_size)]
+    size = config.inference_input_size(index.input_size)
+    encoder = build_image_encoder(index.encoder, input_size=size, device=source.device)
     # Decoded in this process: a few hundred images, and worker processes forked from a stage
     # holding the training grids would each count them again in the process tree's memory.
-    loader = image_loader(dataset, records, plan, input_size=size, num_workers=0)
-    forward_batch = inference_forward_batch(size, device)
+    loader = image_loader(dataset, records, first_images_plan(count, config.batch_size), input_size=size,
+                          num_workers=0)
+    forward_batch = inference_forward_batch(size, source.device)
     for pixels in loader:
         yield encode_batch(encoder, pixels, with_flip=False, forward_batch=forward_batch)[1].float()
