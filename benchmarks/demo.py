@@ -143,9 +143,9 @@ def main() -> int:
     from tedloc.pipeline.forwards import inference_forward_batch
 
     train = json.loads((args.workdir / "train" / "manifest.json").read_text())
-    sizes = [int(train.get("inference_input_size") or pseudo["input_size"])]
-    if int(ev_config.get("baseline_input_size") or pseudo["input_size"]) != sizes[0]:
-        sizes.append(int(ev_config.get("baseline_input_size") or pseudo["input_size"]))
+    model_size = int(train.get("inference_input_size") or pseudo["input_size"])
+    baseline_size = int(ev_config.get("baseline_input_size") or pseudo["input_size"])
+    sizes = [model_size] if baseline_size == model_size else [model_size, baseline_size]
     ev_seconds = 0.0
     for size in sizes:
         rate, n_test = bare_forward_images_per_s(
